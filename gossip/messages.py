@@ -109,17 +109,24 @@ class MembershipSync:
 @message
 @dataclass(frozen=True, slots=True)
 class DocUpdate:
-    """A fresh update of one document, pushed as a rumour."""
+    """A fresh update of one document, pushed as a rumour.
+
+    `origin` is the node that wrote it (replica acks go to it as well as to the sender);
+    `state_vector` is the sender's state vector of the document after the update, so a
+    receiver whose apply left structs pending (out-of-order Yrs) knows to re-request.
+    """
 
     TYPE: ClassVar[int] = 20
     doc_id: str
     update: bytes
+    origin: str = ""
+    state_vector: bytes = b""
 
 
 @message
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """Anti-entropy step 1: the root of our hash tree over all (doc_id, version vector)."""
+    """Anti-entropy step 1: the root of our hash tree over all (doc_id, fingerprint)."""
 
     TYPE: ClassVar[int] = 21
     session: int  # exchange id chosen by the initiator
@@ -141,12 +148,16 @@ class DigestBuckets:
 @message
 @dataclass(frozen=True, slots=True)
 class DocVectors:
-    """Anti-entropy step 3: (doc_id, state vector) for every document in the differing buckets."""
+    """Anti-entropy step 3: our view of every document in the differing buckets.
+
+    Entries are (doc_id, state vector, fingerprint, durable state vector). Empty
+    `bucket_ids` means "only the documents listed" (a targeted resync of a few documents).
+    """
 
     TYPE: ClassVar[int] = 23
     session: int
     bucket_ids: tuple[int, ...]
-    entries: tuple[tuple[str, bytes], ...]
+    entries: tuple[tuple[str, bytes, bytes, bytes], ...]
     reply: bool
 
 
