@@ -1,0 +1,762 @@
+"""Dissemination and anti-entropy of CRDT documents, as a sans-IO state machine.
+
+`Replicator` spreads document updates between peers in two complementary ways:
+
+* **Rumour mongering.** A fresh update (written here, or received for the first time) is
+  pushed at once to `fanout` random peers and pushed again on each of the next few ticks,
+  about `retransmit_mult * log10(N + 1)` rounds in all. Updates are recognised by a hash of
+  (doc_id, update) kept in a bounded cache, so duplicates are neither applied nor forwarded.
+* **Anti-entropy (push-pull).** Every `anti_entropy_interval` one random peer gets a
+  `Digest`: the root of a hash tree (`gossip.digest`) over every document's *fingerprint*.
+  Equal roots end the exchange, so an idle round costs O(1) bytes whatever the number of
+  documents. Otherwise the peer answers with its bucket hashes, we send `DocVectors`
+  (state vector, fingerprint, durable vector) for the differing buckets, and each side
+  sends the other a `DocDiff` for every document whose fingerprint differs. Diffs are
+  computed from the other side's state vector and carry the whole delete set, so a lost
+  pure delete (which does not move the state vector) is healed too. Diffs larger than
+  `chunk_bytes` travel in chunks that the receiver reassembles in bounded buffers.
+
+Yrs can leave structs pending when an update arrives before the one that fills its gap,
+and integrate them only partly later (FIELD-NOTES). Rumours therefore carry the sender's
+state vector: if ours does not cover it after applying, and still does not after
+`resync_delay`, we ask that sender for exactly that document (a targeted `DocVectors`).
+
+Replica acknowledgements: a peer that sent us an update for a document (and the update's
+origin) is owed a `ReplicaAck` with our *durable* state vector once the runtime reports it
+durable (`on_durable`). Acks received, and durable vectors seen during anti-entropy, are
+tracked per peer and raised as `ReplicaAcked` when they change.
+
+Invariants: no I/O, no clock, no global randomness (`now` and a seeded `random.Random`
+are passed in); every buffer and table is bounded; input from peers that does not make
+sense is counted in `stats` and dropped without changing any state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+
+import blake3
+
+from crdt_types.errors import InvalidValue, LocalError, RemoteError
+from crdt_types.vv import decode_state_vector
+from gossip.digest import DEFAULT_BUCKETS, MAX_BUCKETS, HashTree, bucket_of
+from gossip.framing import MAX_FRAME_BYTES
+from gossip.messages import Digest, DigestBuckets, DocDiff, DocUpdate, DocVectors, ReplicaAck
+from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE, ReplicaPort
+
+REPLICATION_MESSAGES = (DocUpdate, Digest, DigestBuckets, DocVectors, DocDiff, ReplicaAck)
+
+# Envelope, sealing and per-message encoding overhead is a few hundred bytes; keep a
+# generous margin so a chunk plus its envelope always fits one frame.
+FRAME_HEADROOM = 64 * 1024
+_MAX_ID = (1 << 63) - 1
+
+Send = tuple[str, object]
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentUpdated:
+    """A remote update changed document `doc_id`; `origin` wrote it or sent the diff."""
+
+    doc_id: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaAcked:
+    """`node` reported `state_vector` as durable for `doc_id` (a new value)."""
+
+    node: str
+    doc_id: str
+    state_vector: bytes
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+_MAY_BE_ZERO = ("anti_entropy_interval", "resync_delay")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """Tunables of dissemination and anti-entropy; the defaults suit a LAN."""
+
+    fanout: int = 3  # peers each rumour is pushed to per round
+    retransmit_mult: int = 3  # rounds per rumour = mult * ceil(log10(N + 1))
+    anti_entropy_interval: float = 0.5  # seconds between exchanges we start (0: every tick)
+    session_timeout: float = 5.0  # an exchange we started is forgotten after this
+    max_sessions: int = 32
+    buckets: int = DEFAULT_BUCKETS  # must be equal on every peer
+    chunk_bytes: int = 128 * 1024  # largest update/diff payload in one message
+    max_rumours: int = 1024  # active rumours; the oldest stop early (anti-entropy heals)
+    dedup_cache: int = 16384  # hashes of updates already seen
+    max_transfers: int = 32  # chunked transfers being reassembled at once
+    max_transfer_bytes: int = 256 * 1024 * 1024  # one reassembled diff
+    max_buffered_bytes: int = 256 * 1024 * 1024  # all reassembly buffers together
+    max_chunks: int = 8192
+    transfer_timeout: float = 30.0  # a transfer not complete by then is dropped
+    resync_delay: float = 1.0  # wait this long for gap-filling updates before re-requesting
+    max_resyncs: int = 4096  # documents waiting to be checked for a re-request
+    max_ack_targets: int = 16  # peers remembered per document as owed an ack
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise LocalError(f"ReplicationConfig.{f.name} must be a number, not {value!r}")
+            if value < 0 or (value == 0 and f.name not in _MAY_BE_ZERO):
+                raise LocalError(f"ReplicationConfig.{f.name} must be positive, not {value!r}")
+        if not 1 <= self.buckets <= MAX_BUCKETS:
+            raise LocalError(f"ReplicationConfig.buckets must be in 1..{MAX_BUCKETS}")
+        if self.chunk_bytes > MAX_FRAME_BYTES - FRAME_HEADROOM:
+            raise LocalError(
+                f"ReplicationConfig.chunk_bytes {self.chunk_bytes} leaves no room for the "
+                f"envelope under the {MAX_FRAME_BYTES}-byte frame limit"
+            )
+
+
+@dataclass(slots=True)
+class ReplicationStats:
+    """Counters for metrics and tests; only ever increase."""
+
+    rumours_sent: int = 0
+    updates_received: int = 0
+    updates_applied: int = 0  # updates and diffs that changed a document
+    duplicates: int = 0
+    rejected: int = 0  # updates or diffs that did not apply (garbage)
+    malformed: int = 0  # messages or chunk sequences that made no sense
+    unsolicited: int = 0  # replies to exchanges we did not start (or forgot)
+    digests_sent: int = 0
+    digests_matched: int = 0  # exchanges that ended at the root: the idle case
+    diffs_sent: int = 0
+    diff_bytes_sent: int = 0
+    chunks_sent: int = 0
+    transfers_expired: int = 0
+    transfers_evicted: int = 0
+    rumours_evicted: int = 0
+    resyncs_requested: int = 0
+    acks_sent: int = 0
+    acks_received: int = 0
+    last_error: str = ""
+
+
+def approx_size(msg: object) -> int:
+    """An upper-bound estimate of a replication message's encoded size, for packing frames."""
+    size = 16
+    for name in msg.__slots__:  # type: ignore[attr-defined]
+        size += _approx(getattr(msg, name))
+    return size
+
+
+def _approx(value: object) -> int:
+    if isinstance(value, bytes | str):
+        return len(value) + 5 if isinstance(value, bytes) else len(value.encode()) + 5
+    if isinstance(value, tuple):
+        return 5 + sum(_approx(v) for v in value)
+    return 9
+
+
+# --- internal records --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Rumour:
+    doc_id: str
+    update: bytes
+    origin: str
+    state_vector: bytes
+    exclude: frozenset[str]  # who certainly has it already (origin, who sent it to us)
+    rounds_left: int
+
+
+@dataclass(slots=True)
+class _Transfer:
+    doc_id: str
+    chunks: int
+    started: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
+
+
+@dataclass(slots=True)
+class _Expect:
+    peer: str
+    state_vector: bytes
+    due: float
+
+
+# --- the state machine ---------------------------------------------------------------------
+
+
+class Replicator:
+    """Rumour mongering, push-pull anti-entropy and replica acks for one node."""
+
+    def __init__(
+        self,
+        node_id: str,
+        replica: ReplicaPort,
+        rng: random.Random,
+        config: ReplicationConfig | None = None,
+    ) -> None:
+        if not isinstance(node_id, str) or not node_id:
+            raise LocalError(f"node id must be a non-empty string, not {node_id!r}")
+        if not isinstance(rng, random.Random):
+            raise LocalError("rng must be a random.Random (seeded, so runs replay)")
+        self.node_id = node_id
+        self.replica = replica
+        self.config = config if config is not None else ReplicationConfig()
+        self.stats = ReplicationStats()
+        self._rng = rng
+        self._tree = HashTree(self.config.buckets)
+        self._peers: list[str] = []
+        self._rumours: dict[bytes, _Rumour] = {}
+        self._seen: dict[bytes, None] = {}  # insertion-ordered: evict oldest first
+        self._sessions: dict[int, tuple[str, float]] = {}
+        self._transfers: dict[tuple[str, int], _Transfer] = {}
+        self._buffered = 0
+        self._expect: dict[str, _Expect] = {}
+        self._ack_wanted: dict[str, dict[str, None]] = {}
+        self._ack_out: dict[str, dict[str, bytes]] = {}
+        self._peer_durable: dict[str, dict[str, bytes]] = {}
+        self._next_anti_entropy: float | None = None
+        self.rebuild()
+
+    # -- public API -------------------------------------------------------------------
+
+    def rebuild(self) -> None:
+        """Recompute the hash tree from every document the replica holds (O(documents))."""
+        self._tree = HashTree(self.config.buckets)
+        for doc_id in self.replica.doc_ids():
+            self._tree.set(doc_id, self.replica.fingerprint(doc_id))
+
+    def refresh(self, doc_id: str) -> None:
+        """Re-read the fingerprint of `doc_id` after it changed outside this replicator."""
+        self._tree.set(doc_id, self.replica.fingerprint(doc_id))
+
+    @property
+    def root(self) -> bytes:
+        """The current root of the digest tree (equal on converged replicas)."""
+        return self._tree.root
+
+    def set_peers(self, peers: Iterable[str]) -> None:
+        """Tell the replicator who is alive now (tick does this too)."""
+        self._peers = [p for p in peers if p != self.node_id]
+
+    def on_local_update(self, now: float, doc_id: str, update: bytes) -> list[Send]:
+        """Spread an update already applied to the local replica; returns messages to send."""
+        if not isinstance(doc_id, str) or not doc_id:
+            raise LocalError(f"document id must be a non-empty string, not {doc_id!r}")
+        if not isinstance(update, bytes):
+            raise LocalError(f"update must be bytes, not {type(update).__name__}")
+        self.refresh(doc_id)
+        sends: list[Send] = []
+        targets = self._pick(self.config.fanout, ())
+        if len(update) > self.config.chunk_bytes:
+            # Too big to gossip as one rumour: push it in chunks to a few peers once and
+            # let anti-entropy carry it further.
+            for peer in targets:
+                self._send_diff(sends, peer, doc_id, update)
+            return sends
+        key = self._remember(doc_id, update)
+        rumour = _Rumour(
+            doc_id,
+            update,
+            self.node_id,
+            self.replica.state_vector(doc_id),
+            frozenset(),
+            self._rounds(),
+        )
+        self._push(sends, rumour, targets)
+        self._add_rumour(key, rumour)
+        return sends
+
+    def tick(self, now: float, peers: Sequence[str]) -> list[Send]:
+        """Retransmit rumours, start an anti-entropy exchange when due, expire old state."""
+        self.set_peers(peers)
+        sends: list[Send] = []
+        self._expire(now)
+        if self._rumours:
+            targets = self._pick(self.config.fanout, ())
+            for key in list(self._rumours):
+                rumour = self._rumours[key]
+                self._push(sends, rumour, [p for p in targets if p not in rumour.exclude])
+                rumour.rounds_left -= 1
+                if rumour.rounds_left <= 0:
+                    del self._rumours[key]
+        self._resync(now, sends)
+        if self._peers and (self._next_anti_entropy is None or now >= self._next_anti_entropy):
+            self._next_anti_entropy = now + self.config.anti_entropy_interval
+            peer = self._rng.choice(self._peers)
+            session = self._new_session(now, peer)
+            sends.append((peer, Digest(session, self._tree.root, len(self._tree))))
+            self.stats.digests_sent += 1
+        self._flush_acks(sends)
+        return sends
+
+    def receive(self, now: float, sender: str, msg: object) -> tuple[list[Send], list[object]]:
+        """Handle one replication message from `sender`; returns (messages to send, events)."""
+        sends: list[Send] = []
+        events: list[object] = []
+        try:
+            if isinstance(msg, DocUpdate):
+                self._on_update(now, sender, msg, sends, events)
+            elif isinstance(msg, Digest):
+                self._on_digest(sender, msg, sends)
+            elif isinstance(msg, DigestBuckets):
+                self._on_buckets(sender, msg, sends)
+            elif isinstance(msg, DocVectors):
+                self._on_vectors(now, sender, msg, sends, events)
+            elif isinstance(msg, DocDiff):
+                self._on_chunk(now, sender, msg, sends, events)
+            elif isinstance(msg, ReplicaAck):
+                self._on_ack(sender, msg, events)
+            else:
+                raise LocalError(f"not a replication message: {type(msg).__name__}")
+        except RemoteError as exc:
+            self.stats.malformed += 1
+            self.stats.last_error = str(exc)
+        self._flush_acks(sends)
+        return sends, events
+
+    def on_durable(self, now: float, doc_id: str) -> list[Send]:
+        """`doc_id` was persisted: send our durable state vector to peers owed an ack."""
+        return self.on_durable_many(now, (doc_id,))
+
+    def on_durable_many(self, now: float, doc_ids: Iterable[str]) -> list[Send]:
+        """Like `on_durable` for a group commit: one `ReplicaAck` per peer for all documents."""
+        for doc_id in doc_ids:
+            wanted = self._ack_wanted.get(doc_id)
+            if wanted:
+                self._queue_acks(doc_id, wanted)
+        sends: list[Send] = []
+        self._flush_acks(sends)
+        return sends
+
+    def peer_durable(self, node: str, doc_id: str) -> bytes | None:
+        """The last durable state vector `node` reported for `doc_id`, if any."""
+        return self._peer_durable.get(node, {}).get(doc_id)
+
+    def replicas_covering(self, doc_id: str, state_vector: bytes) -> list[str]:
+        """Peers whose reported durable vector of `doc_id` covers `state_vector`, sorted."""
+        want = decode_state_vector(state_vector)
+        out = []
+        for node, docs in self._peer_durable.items():
+            sv = docs.get(doc_id)
+            if sv is not None and _covers(decode_state_vector(sv), want):
+                out.append(node)
+        return sorted(out)
+
+    def forget_peer(self, node: str) -> None:
+        """Drop everything kept about `node` (call when membership reaps it)."""
+        self._peer_durable.pop(node, None)
+        self._ack_out.pop(node, None)
+        for wanted in self._ack_wanted.values():
+            wanted.pop(node, None)
+        for key in [k for k in self._transfers if k[0] == node]:
+            self._drop_transfer(key)
+        for session in [s for s, (p, _) in self._sessions.items() if p == node]:
+            del self._sessions[session]
+        self._peers = [p for p in self._peers if p != node]
+
+    @property
+    def pending_rumours(self) -> int:
+        """Rumours still being retransmitted."""
+        return len(self._rumours)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held in chunk reassembly buffers."""
+        return self._buffered
+
+    # -- rumours ----------------------------------------------------------------------
+
+    def _rounds(self) -> int:
+        n = len(self._peers) + 1
+        return max(1, self.config.retransmit_mult * math.ceil(math.log10(n + 1)))
+
+    def _pick(self, k: int, exclude: Iterable[str]) -> list[str]:
+        excluded = set(exclude)
+        pool = [p for p in self._peers if p not in excluded]
+        if len(pool) <= k:
+            return pool
+        return self._rng.sample(pool, k)
+
+    def _remember(self, doc_id: str, update: bytes) -> bytes:
+        key = _update_key(doc_id, update)
+        self._seen[key] = None
+        while len(self._seen) > self.config.dedup_cache:
+            del self._seen[next(iter(self._seen))]
+        return key
+
+    def _add_rumour(self, key: bytes, rumour: _Rumour) -> None:
+        self._rumours[key] = rumour
+        while len(self._rumours) > self.config.max_rumours:
+            del self._rumours[next(iter(self._rumours))]
+            self.stats.rumours_evicted += 1
+
+    def _push(self, sends: list[Send], rumour: _Rumour, targets: Iterable[str]) -> None:
+        msg = DocUpdate(rumour.doc_id, rumour.update, rumour.origin, rumour.state_vector)
+        for peer in targets:
+            sends.append((peer, msg))
+            self.stats.rumours_sent += 1
+
+    def _on_update(
+        self, now: float, sender: str, msg: DocUpdate, sends: list[Send], events: list[object]
+    ) -> None:
+        _check_doc_id(msg.doc_id)
+        self.stats.updates_received += 1
+        origin = msg.origin or sender
+        key = _update_key(msg.doc_id, msg.update)
+        if key in self._seen:
+            self.stats.duplicates += 1
+            if sender == origin:
+                # The writer retransmits: our earlier ack may have been lost.
+                self._want_ack(msg.doc_id, (sender,))
+            return
+        self._remember(msg.doc_id, msg.update)
+        if not self._apply(msg.doc_id, msg.update, origin, events):
+            return
+        rumour = _Rumour(
+            msg.doc_id,
+            msg.update,
+            origin,
+            self.replica.state_vector(msg.doc_id),
+            frozenset((sender, origin)),
+            self._rounds(),
+        )
+        self._push(sends, rumour, self._pick(self.config.fanout, rumour.exclude))
+        self._add_rumour(key, rumour)
+        self._want_ack(msg.doc_id, (sender, origin))
+        if msg.state_vector:
+            self._expect_cover(now, sender, msg.doc_id, msg.state_vector)
+
+    def _apply(self, doc_id: str, update: bytes, origin: str, events: list[object]) -> bool:
+        """Apply remote bytes; False if they were garbage (counted, state unchanged)."""
+        try:
+            changed = self.replica.apply(doc_id, update)
+        except RemoteError as exc:
+            self.stats.rejected += 1
+            self.stats.last_error = str(exc)
+            return False
+        if changed:
+            self.stats.updates_applied += 1
+            self.refresh(doc_id)
+            events.append(DocumentUpdated(doc_id, origin))
+        return True
+
+    # -- anti-entropy -------------------------------------------------------------------
+
+    def _new_session(self, now: float, peer: str) -> int:
+        session = self._rng.getrandbits(62)
+        self._sessions[session] = (peer, now)
+        while len(self._sessions) > self.config.max_sessions:
+            del self._sessions[next(iter(self._sessions))]
+        return session
+
+    def _session_peer_ok(self, session: int, sender: str) -> bool:
+        entry = self._sessions.get(session)
+        if entry is None or entry[0] != sender:
+            self.stats.unsolicited += 1
+            return False
+        return True
+
+    def _on_digest(self, sender: str, msg: Digest, sends: list[Send]) -> None:
+        if msg.root == self._tree.root and msg.documents == len(self._tree):
+            self.stats.digests_matched += 1
+            return
+        sends.append((sender, DigestBuckets(msg.session, self._tree.bucket_hashes(), True)))
+
+    def _on_buckets(self, sender: str, msg: DigestBuckets, sends: list[Send]) -> None:
+        if not msg.reply or not self._session_peer_ok(msg.session, sender):
+            return
+        if len(msg.buckets) != self._tree.buckets:
+            raise RemoteError(
+                f"{sender} uses {len(msg.buckets)} digest buckets, we use {self._tree.buckets}"
+            )
+        differing = self._tree.differing_buckets(msg.buckets)
+        if not differing:
+            self.stats.digests_matched += 1
+            return
+        self._send_vectors(sends, sender, msg.session, differing, reply=True)
+
+    def _entry(self, doc_id: str) -> tuple[str, bytes, bytes, bytes]:
+        r = self.replica
+        return (
+            doc_id,
+            r.state_vector(doc_id),
+            r.fingerprint(doc_id),
+            r.durable_state_vector(doc_id),
+        )
+
+    def _send_vectors(
+        self, sends: list[Send], peer: str, session: int, buckets: list[int], *, reply: bool
+    ) -> None:
+        """Send our entries for `buckets`, split so no message exceeds a chunk."""
+        budget = self.config.chunk_bytes
+        ids: list[int] = []
+        entries: list[tuple[str, bytes, bytes, bytes]] = []
+        size = 0
+        for bucket in buckets:
+            bucket_entries = [self._entry(d) for d in self._tree.docs_in(bucket)]
+            bucket_size = sum(_approx(e) for e in bucket_entries) + 9
+            if ids and size + bucket_size > budget:
+                sends.append((peer, DocVectors(session, tuple(ids), tuple(entries), reply)))
+                ids, entries, size = [], [], 0
+            ids.append(bucket)
+            entries.extend(bucket_entries)
+            size += bucket_size
+        if ids:
+            sends.append((peer, DocVectors(session, tuple(ids), tuple(entries), reply)))
+
+    def _on_vectors(
+        self, now: float, sender: str, msg: DocVectors, sends: list[Send], events: list[object]
+    ) -> None:
+        if not msg.reply and not self._session_peer_ok(msg.session, sender):
+            return
+        nb = self._tree.buckets
+        if any(not isinstance(b, int) or not 0 <= b < nb for b in msg.bucket_ids):
+            raise RemoteError(f"{sender} named a digest bucket outside 0..{nb - 1}")
+        theirs: dict[str, tuple[bytes, bytes, bytes]] = {}
+        for entry in msg.entries:
+            if len(entry) != 4:
+                raise RemoteError(f"{sender} sent a document vector entry of {len(entry)} fields")
+            doc_id, sv, fp, durable = entry
+            _check_doc_id(doc_id)
+            _decode_remote_sv(sv, sender)
+            _decode_remote_sv(durable, sender)
+            theirs[doc_id] = (sv, fp, durable)
+        wanted_buckets = set(msg.bucket_ids)
+        if wanted_buckets:
+            considered = {d for b in wanted_buckets for d in self._tree.docs_in(b)}
+            considered.update(d for d in theirs if bucket_of(d, nb) in wanted_buckets)
+        else:
+            considered = set(theirs)
+        for doc_id, (_, _, durable) in theirs.items():
+            self._record_durable(sender, doc_id, durable, events)
+        ours: list[tuple[str, bytes, bytes, bytes]] = []
+        diffs: list[tuple[str, bytes]] = []
+        for doc_id in sorted(considered):
+            mine = self._entry(doc_id) if doc_id in self._tree else None
+            other = theirs.get(doc_id)
+            if mine is not None:
+                ours.append(mine)
+            elif other is not None:
+                # Tell them we hold nothing, so they send the whole document.
+                ours.append((doc_id, EMPTY_STATE_VECTOR, b"", EMPTY_STATE_VECTOR))
+            if mine is None or (other is not None and mine[2] == other[1]):
+                if mine is None and other is not None:
+                    self._expect_cover(now, sender, doc_id, other[0])
+                continue
+            their_sv = other[0] if other is not None else EMPTY_STATE_VECTOR
+            diffs.append((doc_id, their_sv))
+            if other is not None:
+                self._expect_cover(now, sender, doc_id, other[0])
+        if msg.reply:
+            sends.append((sender, DocVectors(msg.session, msg.bucket_ids, tuple(ours), False)))
+        for doc_id, their_sv in diffs:
+            try:
+                data = self.replica.diff(doc_id, their_sv)
+            except RemoteError as exc:
+                self.stats.malformed += 1
+                self.stats.last_error = str(exc)
+                continue
+            if data != EMPTY_UPDATE:
+                self._send_diff(sends, sender, doc_id, data)
+
+    # -- chunked diffs ----------------------------------------------------------------------
+
+    def _send_diff(self, sends: list[Send], peer: str, doc_id: str, data: bytes) -> None:
+        size = self.config.chunk_bytes
+        chunks = max(1, -(-len(data) // size))
+        transfer = self._rng.getrandbits(63)
+        for i in range(chunks):
+            sends.append(
+                (peer, DocDiff(doc_id, transfer, i, chunks, data[i * size : (i + 1) * size]))
+            )
+        self.stats.diffs_sent += 1
+        self.stats.chunks_sent += chunks
+        self.stats.diff_bytes_sent += len(data)
+
+    def _on_chunk(
+        self, now: float, sender: str, msg: DocDiff, sends: list[Send], events: list[object]
+    ) -> None:
+        _check_doc_id(msg.doc_id)
+        cfg = self.config
+        if not (1 <= msg.chunks <= cfg.max_chunks and 0 <= msg.chunk < msg.chunks):
+            raise RemoteError(f"{sender} sent chunk {msg.chunk} of {msg.chunks}")
+        if msg.chunks == 1:
+            self._finish_diff(sender, msg.doc_id, msg.data, events)
+            return
+        key = (sender, msg.transfer)
+        t = self._transfers.get(key)
+        if t is None:
+            while len(self._transfers) >= cfg.max_transfers:
+                self._drop_transfer(next(iter(self._transfers)))
+                self.stats.transfers_evicted += 1
+            t = self._transfers[key] = _Transfer(msg.doc_id, msg.chunks, now)
+        if t.doc_id != msg.doc_id or t.chunks != msg.chunks:
+            self._drop_transfer(key)
+            raise RemoteError(
+                f"{sender} changed document or chunk count inside transfer {msg.transfer}"
+            )
+        known = t.parts.get(msg.chunk)
+        if known is not None:
+            if known != msg.data:
+                self._drop_transfer(key)
+                raise RemoteError(f"{sender} sent two different chunk {msg.chunk} in one transfer")
+            self.stats.duplicates += 1
+            return
+        if t.size + len(msg.data) > cfg.max_transfer_bytes:
+            self._drop_transfer(key)
+            raise RemoteError(
+                f"{sender} transfer {msg.transfer} exceeds {cfg.max_transfer_bytes} bytes"
+            )
+        # Make room by dropping the oldest other transfers; a dropped one is healed by the
+        # next anti-entropy round.
+        while self._buffered + len(msg.data) > cfg.max_buffered_bytes:
+            oldest = (
+                next(k for k in self._transfers if k != key) if len(self._transfers) > 1 else None
+            )
+            if oldest is None:
+                self._drop_transfer(key)
+                raise RemoteError("reassembly buffers full")
+            self._drop_transfer(oldest)
+            self.stats.transfers_evicted += 1
+        t.parts[msg.chunk] = msg.data
+        t.size += len(msg.data)
+        self._buffered += len(msg.data)
+        if len(t.parts) == t.chunks:
+            data = b"".join(t.parts[i] for i in range(t.chunks))
+            self._drop_transfer(key)
+            self._finish_diff(sender, msg.doc_id, data, events)
+
+    def _drop_transfer(self, key: tuple[str, int]) -> None:
+        t = self._transfers.pop(key, None)
+        if t is not None:
+            self._buffered -= t.size
+
+    def _finish_diff(self, sender: str, doc_id: str, data: bytes, events: list[object]) -> None:
+        self.stats.updates_received += 1
+        if self._apply(doc_id, data, sender, events):
+            self._want_ack(doc_id, (sender,))
+
+    # -- re-requests after partial integration ---------------------------------------------
+
+    def _expect_cover(self, now: float, peer: str, doc_id: str, their_sv: bytes) -> None:
+        """Remember to check later that we caught up with what `peer` said it holds."""
+        ours = decode_state_vector(self.replica.state_vector(doc_id))
+        if _covers(ours, _decode_remote_sv(their_sv, peer)):
+            self._expect.pop(doc_id, None)
+            return
+        if doc_id not in self._expect and len(self._expect) >= self.config.max_resyncs:
+            return
+        self._expect[doc_id] = _Expect(peer, their_sv, now + self.config.resync_delay)
+
+    def _resync(self, now: float, sends: list[Send]) -> None:
+        if not self._expect:
+            return
+        by_peer: dict[str, list[str]] = {}
+        for doc_id, exp in list(self._expect.items()):
+            if exp.due > now:
+                continue
+            del self._expect[doc_id]
+            ours = decode_state_vector(self.replica.state_vector(doc_id))
+            if not _covers(ours, decode_state_vector(exp.state_vector)):
+                by_peer.setdefault(exp.peer, []).append(doc_id)
+        for peer, doc_ids in by_peer.items():
+            session = self._new_session(now, peer)
+            entries = tuple(self._entry(d) for d in sorted(doc_ids))
+            sends.append((peer, DocVectors(session, (), entries, True)))
+            self.stats.resyncs_requested += len(doc_ids)
+
+    # -- replica acks -------------------------------------------------------------------------
+
+    def _want_ack(self, doc_id: str, peers: Iterable[str]) -> None:
+        wanted = self._ack_wanted.setdefault(doc_id, {})
+        for peer in peers:
+            if peer and peer != self.node_id:
+                wanted[peer] = None
+        while len(wanted) > self.config.max_ack_targets:
+            del wanted[next(iter(wanted))]
+        if self.replica.durable_state_vector(doc_id) == self.replica.state_vector(doc_id):
+            self._queue_acks(doc_id, wanted)
+
+    def _queue_acks(self, doc_id: str, wanted: dict[str, None]) -> None:
+        durable = self.replica.durable_state_vector(doc_id)
+        if durable == EMPTY_STATE_VECTOR:
+            return
+        for peer in wanted:
+            self._ack_out.setdefault(peer, {})[doc_id] = durable
+        if durable == self.replica.state_vector(doc_id):
+            # Everything we hold is durable: nobody is owed a later, larger ack.
+            self._ack_wanted.pop(doc_id, None)
+
+    def _flush_acks(self, sends: list[Send]) -> None:
+        if not self._ack_out:
+            return
+        for peer, docs in self._ack_out.items():
+            sends.append((peer, ReplicaAck(tuple(docs.items()))))
+            self.stats.acks_sent += 1
+        self._ack_out = {}
+
+    def _on_ack(self, sender: str, msg: ReplicaAck, events: list[object]) -> None:
+        self.stats.acks_received += 1
+        checked = []
+        for entry in msg.entries:
+            if len(entry) != 2:
+                raise RemoteError(f"{sender} sent a replica ack entry of {len(entry)} fields")
+            doc_id, sv = entry
+            _check_doc_id(doc_id)
+            _decode_remote_sv(sv, sender)
+            checked.append((doc_id, sv))
+        for doc_id, sv in checked:
+            self._record_durable(sender, doc_id, sv, events)
+
+    def _record_durable(self, node: str, doc_id: str, sv: bytes, events: list[object]) -> None:
+        if sv == EMPTY_STATE_VECTOR or node == self.node_id:
+            return
+        docs = self._peer_durable.setdefault(node, {})
+        if docs.get(doc_id) != sv:
+            docs[doc_id] = sv
+            events.append(ReplicaAcked(node, doc_id, sv))
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def _expire(self, now: float) -> None:
+        cfg = self.config
+        for session in [s for s, (_, t) in self._sessions.items() if t + cfg.session_timeout < now]:
+            del self._sessions[session]
+        for key in [
+            k for k, t in self._transfers.items() if t.started + cfg.transfer_timeout < now
+        ]:
+            self._drop_transfer(key)
+            self.stats.transfers_expired += 1
+
+
+def _update_key(doc_id: str, update: bytes) -> bytes:
+    raw = doc_id.encode("utf-8")
+    h = blake3.blake3(len(raw).to_bytes(4, "big") + raw)
+    h.update(update)
+    return h.digest(16)
+
+
+def _covers(ours: dict[int, int], theirs: dict[int, int]) -> bool:
+    return all(ours.get(c, 0) >= k for c, k in theirs.items())
+
+
+def _decode_remote_sv(sv: bytes, sender: str) -> dict[int, int]:
+    try:
+        return decode_state_vector(sv)
+    except (InvalidValue, TypeError) as exc:
+        raise RemoteError(f"{sender} sent a state vector that does not decode: {exc}") from exc
+
+
+def _check_doc_id(doc_id: object) -> None:
+    if not isinstance(doc_id, str) or not doc_id:
+        raise RemoteError(f"document id must be a non-empty string, not {doc_id!r}")
