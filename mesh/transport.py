@@ -454,6 +454,11 @@ class Transport:
         return self._queued_bytes
 
     @property
+    def pending(self) -> int:
+        """Frames received and waiting in the inbox for `receive()`."""
+        return len(self._inbox)
+
+    @property
     def connections(self) -> dict[str, int]:
         """Connections open now: {"inbound": n, "outbound": m}."""
         return {"inbound": self._inbound, "outbound": self._outbound}
