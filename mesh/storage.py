@@ -1,0 +1,1031 @@
+"""The crash-safe durable store: one SQLite database per node data directory.
+
+`Store` is the synchronous store (tools, tests, the crash writer); `AsyncStore` wraps it for
+trio with group commit, running SQLite in worker threads so the event loop never blocks.
+
+Layout of `DATA_DIR/statemesh.sqlite3` (WAL mode, `synchronous=FULL`):
+
+* `log(doc_id, first_seq, last_seq, data, checksum)`: the update log. One record holds the
+  updates of one document from one group-commit batch, as a msgpack array of pycrdt update
+  bytes, and covers the dense sequence numbers `first_seq..last_seq`. Batching records this
+  way is what makes both durable writes and recovery fast (one row and one checksum per
+  batch instead of per update).
+* `checkpoints(doc_id, upto_seq, data, checksum)`: the full state of a document up to and
+  including `upto_seq`.
+* `meta(key, value)`: format version and node name; `client_ids(client_id, doc_id)`: every
+  pycrdt client id this node ever handed out, so none is handed out twice.
+
+Invariants:
+
+* `append` returns only after the transaction holding the record committed; with WAL and
+  `synchronous=FULL` that means after fsync. Sequence numbers of a document are dense.
+* Every record and checkpoint carries blake3 over (kind, doc_id, seq range, data). Loading
+  verifies it. A document's log is applied in sequence order and loading stops at the first
+  record that is missing, fails its checksum or does not decode: `CorruptRecord` names the
+  document and the record, and nothing after it is applied (`salvage=True` returns what came
+  before). Records before it are never touched.
+* Recovery is the newest valid checkpoint plus the later log. The two newest checkpoints of a
+  document are kept and the log is pruned only below the older one, so one damaged
+  checkpoint still leaves a complete path.
+* A checkpoint covers exactly the records it read; records appended while it is computed get
+  higher sequence numbers and stay in the log.
+* SQLite errors never escape as tracebacks: a full disk raises `DiskFull` (the write is not
+  acknowledged, nothing earlier is lost, reads keep working); a damaged file raises
+  `StorageError` naming the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import sqlite3
+import struct
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import msgpack
+import pycrdt
+import trio
+
+from crdt_types.errors import CorruptRecord, DiskFull, InvalidValue, StorageError, StoreClosed
+
+DB_NAME = "statemesh.sqlite3"
+FORMAT_VERSION = "1"
+MAX_DOC_ID_BYTES = 256
+MAX_UPDATE_BYTES = 64 * 1024 * 1024
+# Yjs draws 32-bit client ids; peers built on Yjs expect them to fit in a JS number.
+CLIENT_ID_MAX = 2**32 - 1
+_CLIENT_ID_TRIES = 64
+
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log (
+    doc_id TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    checksum BLOB NOT NULL,
+    PRIMARY KEY (doc_id, first_seq)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    doc_id TEXT NOT NULL,
+    upto_seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    checksum BLOB NOT NULL,
+    PRIMARY KEY (doc_id, upto_seq)
+);
+CREATE TABLE IF NOT EXISTS client_ids (client_id INTEGER PRIMARY KEY, doc_id TEXT);
+"""
+
+
+# --- checksums ---------------------------------------------------------------------------
+
+
+def record_checksum(doc_id: str, first_seq: int, last_seq: int, data: bytes) -> bytes:
+    """blake3 binding a log record's document, sequence range and data."""
+    return _checksum(b"statemesh/log/1", doc_id, first_seq, last_seq, data)
+
+
+def checkpoint_checksum(doc_id: str, upto_seq: int, data: bytes) -> bytes:
+    """blake3 binding a checkpoint's document, sequence and state."""
+    return _checksum(b"statemesh/checkpoint/1", doc_id, 0, upto_seq, data)
+
+
+def _checksum(kind: bytes, doc_id: str, a: int, b: int, data: bytes) -> bytes:
+    # Length-prefix the variable parts so no two different tuples hash the same input.
+    name = doc_id.encode()
+    h = blake3.blake3(kind)
+    h.update(struct.pack(">I", len(name)))
+    h.update(name)
+    h.update(struct.pack(">qq", a, b))
+    h.update(data)
+    return h.digest()
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    """Counts for one stored document, as `inspect` shows them."""
+
+    id: str
+    records: int
+    updates: int
+    checkpoints: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentReport:
+    """The verification result of one document; `error` is None when it is sound."""
+
+    id: str
+    records: int
+    checkpoints: int
+    last_seq: int
+    fingerprint: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The result of `Store.verify`: every document plus file-level errors."""
+
+    documents: tuple[DocumentReport, ...]
+    errors: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when no document and no file-level check reported an error."""
+        return not self.errors and all(d.error is None for d in self.documents)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A rebuilt document and how it was rebuilt; `error` is set only when salvaging."""
+
+    doc: pycrdt.Doc
+    doc_id: str
+    client_id: int
+    upto_seq: int
+    checkpoint_seq: int | None
+    updates_applied: int
+    error: CorruptRecord | None
+    problems: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counters for tests and benchmarks (transactions are counted, not timed)."""
+
+    transactions: int = 0
+    appends: int = 0
+    records: int = 0
+
+
+# --- the synchronous store -------------------------------------------------------------------
+
+
+class Store:
+    """A node's durable store; thread-safe, one SQLite connection behind a lock."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, *, readonly: bool, rng: random.Random
+    ) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._closed = False
+        self._readonly = readonly
+        self._rng = rng
+        self.path = path
+        self.stats = StoreStats()
+        self._next_seq: dict[str, int] = {}
+        with self._guard("reading sequence numbers"):
+            for doc_id, last in conn.execute(
+                "SELECT doc_id, MAX(last_seq) FROM log GROUP BY doc_id"
+            ):
+                self._next_seq[doc_id] = _as_int(last, 0) + 1
+            for doc_id, upto in conn.execute(
+                "SELECT doc_id, MAX(upto_seq) FROM checkpoints GROUP BY doc_id"
+            ):
+                self._next_seq[doc_id] = max(self._next_seq.get(doc_id, 1), _as_int(upto, 0) + 1)
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        node_name: str | None = None,
+        create: bool = True,
+        readonly: bool = False,
+        rng: random.Random | None = None,
+    ) -> Store:
+        """Open (or create) the store in `data_dir`; raises StorageError if unusable."""
+        directory = Path(data_dir)
+        path = directory / DB_NAME
+        if create and not readonly:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create data directory {directory}: {exc}") from exc
+        if not directory.is_dir():
+            raise StorageError(f"data directory {directory} does not exist or is not a directory")
+        if not path.exists() and (readonly or not create):
+            raise StorageError(f"no statemesh store in {directory} (missing {DB_NAME})")
+        conn: sqlite3.Connection | None = None
+        try:
+            if readonly:
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+            else:
+                conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if not readonly:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(f"{path}: cannot switch to WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous=FULL")
+            if not readonly:
+                conn.executescript(_SCHEMA)
+                _init_meta(conn, node_name)
+            else:
+                _check_format(conn)
+            store = cls(conn, path, readonly=readonly, rng=rng or random.SystemRandom())
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise _translate(exc, f"opening {path}", path) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return store
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _translate(exc, what, self.path) from exc
+
+    @contextlib.contextmanager
+    def _locked(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"store {self.path} is closed")
+            with self._guard(what):
+                yield self._conn
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        # One IMMEDIATE transaction; rolled back on any error so a failed write leaves
+        # nothing half-done and the connection usable.
+        if self._readonly:
+            raise InvalidValue(f"store {self.path} was opened read-only")
+        with self._locked(what) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            self.stats.transactions += 1
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` ran."""
+        return self._closed
+
+    def close(self) -> None:
+        """Close the database; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- writing ----------------------------------------------------------------------
+
+    def append(self, doc_id: str, update: bytes) -> int:
+        """Durably append one update; return its sequence number."""
+        return self.append_many([(doc_id, update)])[0]
+
+    def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Durably append updates in one transaction; return their sequence numbers in order."""
+        items = list(items)
+        for doc_id, update in items:
+            _check_doc_id(doc_id)
+            _check_update(update)
+        if not items:
+            return []
+        return self._commit(self._prepare(items))
+
+    def _prepare(self, items: list[tuple[str, bytes]]) -> _Prepared:
+        """Group validated items into one record per document, numbered from the counters."""
+        # Pure CPU work, kept apart from `_commit` so AsyncStore can do it on the trio
+        # thread and hand the worker thread only SQLite calls (which release the GIL).
+        groups: dict[str, list[int]] = {}
+        for index, (doc_id, _) in enumerate(items):
+            groups.setdefault(doc_id, []).append(index)
+        seqs = [0] * len(items)
+        rows = []
+        firsts: dict[str, int] = {}
+        for doc_id, indexes in groups.items():
+            first = self._next_seq.get(doc_id, 1)
+            last = first + len(indexes) - 1
+            data = msgpack.packb([bytes(items[i][1]) for i in indexes], use_bin_type=True)
+            rows.append((doc_id, first, last, data, record_checksum(doc_id, first, last, data)))
+            for offset, i in enumerate(indexes):
+                seqs[i] = first + offset
+            firsts[doc_id] = first
+        return _Prepared(items, rows, seqs, firsts)
+
+    def _commit(self, prep: _Prepared) -> list[int]:
+        """Write prepared records in one transaction; return their sequence numbers."""
+        with self._write("appending updates") as conn:
+            if any(self._next_seq.get(d, 1) != first for d, first in prep.firsts.items()):
+                prep = self._prepare(prep.items)  # another thread appended first: renumber
+            conn.executemany(
+                "INSERT INTO log (doc_id, first_seq, last_seq, data, checksum)"
+                " VALUES (?, ?, ?, ?, ?)",
+                prep.rows,
+            )
+        # Only a committed transaction moves the counters: a failed one reuses its numbers.
+        for doc_id, _, last, _, _ in prep.rows:
+            self._next_seq[doc_id] = last + 1
+        self.stats.appends += len(prep.items)
+        self.stats.records += len(prep.rows)
+        return prep.seqs
+
+    def new_client_id(self, doc_id: str | None = None, avoid: Iterable[int] = ()) -> int:
+        """Draw a pycrdt client id never handed out before and record it durably."""
+        return self._new_client_ids([(doc_id, set(avoid))])[0]
+
+    def _new_client_ids(self, wants: Sequence[tuple[str | None, set[int]]]) -> list[int]:
+        if self._readonly:
+            # Nothing written through a read-only store can be persisted, so the id only
+            # has to be valid, not unique forever.
+            return [self._draw_unrecorded(avoid) for _, avoid in wants]
+        with self._write("recording client ids") as conn:
+            chosen: list[int] = []
+            for doc_id, avoid in wants:
+                for _ in range(_CLIENT_ID_TRIES):
+                    cid = self._rng.randint(1, CLIENT_ID_MAX)
+                    if cid in avoid or cid in chosen:
+                        continue
+                    used = conn.execute(
+                        "SELECT 1 FROM client_ids WHERE client_id = ?", (cid,)
+                    ).fetchone()
+                    if used is None:
+                        break
+                else:
+                    raise StorageError("could not draw an unused client id")
+                conn.execute(
+                    "INSERT INTO client_ids (client_id, doc_id) VALUES (?, ?)", (cid, doc_id)
+                )
+                chosen.append(cid)
+        return chosen
+
+    def _draw_unrecorded(self, avoid: set[int]) -> int:
+        for _ in range(_CLIENT_ID_TRIES):
+            cid = self._rng.randint(1, CLIENT_ID_MAX)
+            if cid not in avoid:
+                return cid
+        raise StorageError("could not draw an unused client id")
+
+    def used_client_ids(self) -> set[int]:
+        """Every client id this store ever handed out."""
+        with self._locked("reading client ids") as conn:
+            return {_as_int(row[0], 0) for row in conn.execute("SELECT client_id FROM client_ids")}
+
+    def new_doc(self, doc_id: str) -> pycrdt.Doc:
+        """A fresh empty document with a newly recorded client id, for a new document id."""
+        _check_doc_id(doc_id)
+        return _make_doc(self.new_client_id(doc_id))
+
+    # --- reading ----------------------------------------------------------------------
+
+    def documents(self) -> list[str]:
+        """Ids of every document with a record or a checkpoint, sorted."""
+        with self._locked("listing documents") as conn:
+            rows = conn.execute(
+                "SELECT doc_id FROM log UNION SELECT doc_id FROM checkpoints ORDER BY 1"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def info(self, doc_id: str) -> DocumentInfo:
+        """Record, update and checkpoint counts of one document."""
+        with self._locked("counting records") as conn:
+            records, updates, last = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(last_seq - first_seq + 1), 0),"
+                " COALESCE(MAX(last_seq), 0) FROM log WHERE doc_id = ?",
+                (doc_id,),
+            ).fetchone()
+            checkpoints, upto = conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(upto_seq), 0) FROM checkpoints WHERE doc_id = ?",
+                (doc_id,),
+            ).fetchone()
+        return DocumentInfo(
+            id=doc_id,
+            records=_as_int(records, 0),
+            updates=_as_int(updates, 0),
+            checkpoints=_as_int(checkpoints, 0),
+            last_seq=max(_as_int(last, 0), _as_int(upto, 0)),
+        )
+
+    def last_seq(self, doc_id: str) -> int:
+        """The highest sequence number acknowledged for `doc_id` (0 if none)."""
+        with self._lock:
+            return self._next_seq.get(doc_id, 1) - 1
+
+    def load(self, doc_id: str, *, salvage: bool = False) -> pycrdt.Doc:
+        """Rebuild a document with a fresh client id; raise CorruptRecord unless salvaging."""
+        return self.recover(doc_id, salvage=salvage).doc
+
+    def load_all(self, *, salvage: bool = False) -> dict[str, pycrdt.Doc]:
+        """Rebuild every stored document, each with a fresh client id."""
+        plans = [self._plan(doc_id, salvage=salvage) for doc_id in self.documents()]
+        ids = self._new_client_ids([(plan.doc_id, set()) for plan in plans])
+        return {
+            plan.doc_id: self._build(plan, cid, salvage=salvage).doc
+            for plan, cid in zip(plans, ids, strict=True)
+        }
+
+    def recover(self, doc_id: str, *, salvage: bool = False) -> Loaded:
+        """Rebuild a document and say how (checkpoint used, updates applied, problems)."""
+        _check_doc_id(doc_id)
+        plan = self._plan(doc_id, salvage=salvage)
+        return self._build(plan, self.new_client_id(doc_id), salvage=salvage)
+
+    def _build(self, plan: _Plan, client_id: int, *, salvage: bool) -> Loaded:
+        # The id is drawn before building (a client id is fixed when a Doc is made); in the
+        # rare case it already appears in the document's history, draw again and rebuild.
+        for _ in range(_CLIENT_ID_TRIES):
+            doc, err = _apply(_make_doc(client_id), plan, plan.doc_id, salvage=salvage)
+            clients = _state_vector_clients(doc.get_state())
+            if client_id not in clients:
+                break
+            client_id = self.new_client_id(plan.doc_id, avoid=clients)
+        else:
+            raise StorageError(f"document {plan.doc_id!r}: no unused client id found")
+        return Loaded(
+            doc=doc,
+            doc_id=plan.doc_id,
+            client_id=client_id,
+            upto_seq=plan.upto_seq,
+            checkpoint_seq=plan.base[0] if plan.base else None,
+            updates_applied=len(plan.updates),
+            error=plan.error or err,
+            problems=plan.problems + ((str(err),) if err else ()),
+        )
+
+    def _read(self, doc_id: str) -> tuple[list[tuple], list[tuple], int]:
+        """Checkpoint rows (newest first) and all log rows of a document, in one snapshot."""
+        with self._locked("reading document") as conn:
+            conn.execute("BEGIN")
+            try:
+                ckpts = conn.execute(
+                    "SELECT upto_seq, data, checksum FROM checkpoints WHERE doc_id = ?"
+                    " ORDER BY upto_seq DESC",
+                    (doc_id,),
+                ).fetchall()
+                rows = conn.execute(
+                    "SELECT first_seq, last_seq, data, checksum FROM log WHERE doc_id = ?"
+                    " ORDER BY first_seq",
+                    (doc_id,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return ckpts, rows, self._next_seq.get(doc_id, 1) - 1
+
+    def _plan(self, doc_id: str, *, salvage: bool) -> _Plan:
+        """Verify a document's checkpoints and log and pick what to apply."""
+        ckpts, rows, _ = self._read(doc_id)
+        problems: list[str] = []
+        base: tuple[int, bytes] | None = None
+        for upto, data, checksum in ckpts:
+            if (
+                isinstance(upto, int)
+                and isinstance(data, bytes)
+                and checkpoint_checksum(doc_id, upto, data) == checksum
+            ):
+                base = (upto, data)
+                break
+            problems.append(
+                str(CorruptRecord(doc_id, _as_int(upto, None), "checkpoint fails its checksum"))
+            )
+        start = base[0] if base else 0
+        expected = start + 1
+        updates: list[bytes] = []
+        error: CorruptRecord | None = None
+        for first, last, data, checksum in rows:
+            if isinstance(last, int) and isinstance(first, int) and last <= start:
+                continue  # covered by the checkpoint
+            err = _check_record(doc_id, expected, first, last, data, checksum)
+            if err is None:
+                try:
+                    batch = msgpack.unpackb(data, use_list=True)
+                except Exception as exc:  # msgpack raises several unrelated types
+                    err = CorruptRecord(doc_id, first, f"record does not decode: {exc}")
+                else:
+                    if (
+                        not isinstance(batch, list)
+                        or len(batch) != last - first + 1
+                        or not all(isinstance(u, bytes) for u in batch)
+                    ):
+                        err = CorruptRecord(doc_id, first, "record holds the wrong update count")
+            if err is not None:
+                error = err
+                break
+            updates.extend(batch)
+            expected = last + 1
+        if error is not None:
+            problems.append(str(error))
+            if not salvage:
+                raise error
+        return _Plan(doc_id, base, updates, expected - 1, error, tuple(problems))
+
+    def checkpoint(self, doc_id: str, *, prune: bool = True) -> int | None:
+        """Write the full state of `doc_id` as a checkpoint; return the seq it covers."""
+        _check_doc_id(doc_id)
+        if self._readonly:
+            raise InvalidValue(f"store {self.path} was opened read-only")
+        plan = self._plan(doc_id, salvage=False)
+        if plan.upto_seq == 0 or (plan.base is not None and plan.base[0] == plan.upto_seq):
+            return plan.base[0] if plan.base else None  # nothing new to compact
+        # The state is computed without the lock: appends continue meanwhile and land
+        # above `upto`, so they stay in the log and are never pruned by this checkpoint.
+        doc = _apply(pycrdt.Doc(), plan, doc_id, salvage=False)[0]
+        state = doc.get_update()
+        upto = plan.upto_seq
+        with self._write("writing checkpoint") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (doc_id, upto_seq, data, checksum)"
+                " VALUES (?, ?, ?, ?)",
+                (doc_id, upto, state, checkpoint_checksum(doc_id, upto, state)),
+            )
+            if prune:
+                kept = conn.execute(
+                    "SELECT upto_seq FROM checkpoints WHERE doc_id = ?"
+                    " ORDER BY upto_seq DESC LIMIT 1 OFFSET 1",
+                    (doc_id,),
+                ).fetchone()
+                if kept is not None:
+                    # Keep the two newest checkpoints and the log above the older one, so
+                    # a damaged newest checkpoint still leaves a complete path.
+                    conn.execute(
+                        "DELETE FROM checkpoints WHERE doc_id = ? AND upto_seq < ?",
+                        (doc_id, kept[0]),
+                    )
+                    conn.execute(
+                        "DELETE FROM log WHERE doc_id = ? AND last_seq <= ?", (doc_id, kept[0])
+                    )
+        return upto
+
+    def verify(self, *, schema: bool = True) -> Report:
+        """Check the file, every checksum and (if available) every schema."""
+        errors: list[str] = []
+        try:
+            with self._locked("checking database integrity") as conn:
+                result = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+            if result != ["ok"]:
+                errors.extend(f"{self.path}: sqlite integrity check: {r}" for r in result[:20])
+            doc_ids = self.documents()
+        except StorageError as exc:
+            return Report(documents=(), errors=(*errors, str(exc)))
+        fingerprint_hex = _optional("crdt_types.fingerprint", "fingerprint_hex")
+        validate = _optional("crdt_types.schema", "validate_document") if schema else None
+        reports = []
+        for doc_id in doc_ids:
+            info = self.info(doc_id)
+            fp: str | None = None
+            error: str | None = None
+            try:
+                plan = self._plan(doc_id, salvage=True)
+                problems = list(plan.problems)
+                doc, apply_error = _apply(pycrdt.Doc(), plan, doc_id, salvage=True)
+                if apply_error is not None:
+                    problems.append(str(apply_error))
+                if fingerprint_hex is not None:
+                    fp = fingerprint_hex(doc)
+                if validate is not None and not problems:
+                    try:
+                        validate(doc_id, doc)
+                    except ValueError as exc:  # SchemaError, or a value it could not read
+                        problems.append(f"document {doc_id!r}: schema: {exc}")
+                error = "; ".join(problems) or None
+            except StorageError as exc:
+                error = str(exc)
+            reports.append(
+                DocumentReport(
+                    id=doc_id,
+                    records=info.records,
+                    checkpoints=info.checkpoints,
+                    last_seq=info.last_seq,
+                    fingerprint=fp,
+                    error=error,
+                )
+            )
+        return Report(documents=tuple(reports), errors=tuple(errors))
+
+
+# --- building documents -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    items: list[tuple[str, bytes]]
+    rows: list[tuple[str, int, int, bytes, bytes]]
+    seqs: list[int]
+    firsts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    doc_id: str
+    base: tuple[int, bytes] | None
+    updates: list[bytes]
+    upto_seq: int
+    error: CorruptRecord | None
+    problems: tuple[str, ...]
+
+
+def _apply(
+    doc: pycrdt.Doc, plan: _Plan, doc_id: str, *, salvage: bool
+) -> tuple[pycrdt.Doc, CorruptRecord | None]:
+    """Apply checkpoint then updates in one transaction (several times faster than one each)."""
+    try:
+        with doc.transaction():
+            if plan.base is not None:
+                doc.apply_update(plan.base[1])
+            for update in plan.updates:
+                doc.apply_update(update)
+    except ValueError as exc:
+        # A record that verifies but does not decode was stored that way by its writer.
+        err = CorruptRecord(doc_id, plan.upto_seq, f"an update does not apply: {exc}")
+        if not salvage:
+            raise err from exc
+        return doc, err
+    return doc, None
+
+
+def _make_doc(client_id: int) -> pycrdt.Doc:
+    new_doc = _optional("crdt_types.docs", "new_doc")
+    if new_doc is not None:
+        return new_doc(client_id=client_id)
+    return pycrdt.Doc(client_id=client_id)
+
+
+def _state_vector_clients(sv: bytes) -> set[int]:
+    """Client ids present in an encoded pycrdt state vector (varuint count, then pairs)."""
+    clients: set[int] = set()
+    pos = 0
+
+    def varuint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            byte = sv[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+
+    count = varuint()
+    for _ in range(count):
+        clients.add(varuint())
+        varuint()
+    return clients
+
+
+# --- validation and errors ---------------------------------------------------------------------
+
+
+def _check_doc_id(doc_id: object) -> None:
+    if not isinstance(doc_id, str):
+        raise InvalidValue(f"document id must be a str, got {type(doc_id).__name__}")
+    if not doc_id:
+        raise InvalidValue("document id must not be empty")
+    if "\x00" in doc_id:
+        raise InvalidValue("document id must not contain NUL")
+    try:
+        size = len(doc_id.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(f"document id is not valid UTF-8: {exc}") from exc
+    if size > MAX_DOC_ID_BYTES:
+        raise InvalidValue(f"document id is {size} bytes, more than {MAX_DOC_ID_BYTES}")
+
+
+def _check_update(update: object) -> None:
+    if not isinstance(update, bytes | bytearray | memoryview):
+        raise InvalidValue(f"update must be bytes, got {type(update).__name__}")
+    if len(update) == 0:
+        raise InvalidValue("update must not be empty")
+    if len(update) > MAX_UPDATE_BYTES:
+        raise InvalidValue(f"update is {len(update)} bytes, more than {MAX_UPDATE_BYTES}")
+
+
+def _check_record(
+    doc_id: str, expected: int, first: object, last: object, data: object, checksum: object
+) -> CorruptRecord | None:
+    if not isinstance(first, int) or not isinstance(last, int):
+        return CorruptRecord(doc_id, expected, "record has a non-integer sequence number")
+    if first != expected:
+        if first > expected:
+            return CorruptRecord(
+                doc_id, expected, f"record missing (next record starts at {first})"
+            )
+        return CorruptRecord(doc_id, first, f"record overlaps (expected seq {expected})")
+    if last < first:
+        return CorruptRecord(doc_id, first, f"record has last seq {last} below first")
+    if not isinstance(data, bytes) or not isinstance(checksum, bytes):
+        return CorruptRecord(doc_id, first, "record data or checksum is not a blob")
+    if record_checksum(doc_id, first, last, data) != checksum:
+        return CorruptRecord(doc_id, first, "record fails its checksum")
+    return None
+
+
+def _as_int(value: object, default: int | None) -> int | None:
+    return value if isinstance(value, int) else default
+
+
+def _translate(exc: sqlite3.Error, what: str, path: Path) -> StorageError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _SQLITE_FULL:
+        return DiskFull(f"{what}: disk full at {path}: {exc}")
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in str(exc):
+        return StorageError(f"{what}: database file {path} is damaged: {exc}")
+    return StorageError(f"{what}: {path}: {exc}")
+
+
+def _init_meta(conn: sqlite3.Connection, node_name: str | None) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT_VERSION,))
+        if node_name is not None:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('node_name', ?)", (node_name,))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    _check_format(conn)
+
+
+def _check_format(conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    if row is None or row[0] != FORMAT_VERSION:
+        found = None if row is None else row[0]
+        raise StorageError(f"store format {found!r} is not supported (want {FORMAT_VERSION})")
+
+
+def _optional(module: str, name: str):
+    """A function from a sibling module that may not exist yet in this tree."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ModuleNotFoundError, AttributeError):
+        return None
+
+
+# --- trio: group commit --------------------------------------------------------------------------
+
+
+class _Batch:
+    __slots__ = ("items", "seqs", "error", "done")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+        self.seqs: list[int] = []
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+
+class Pending:
+    """One queued update of an AsyncStore; `await wait()` returns its seq once durable.
+
+    If the waiter is cancelled the update still commits with its batch: a cancelled wait
+    means "unknown", never "rolled back".
+    """
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    @property
+    def done(self) -> bool:
+        """True once the batch holding this update committed or failed."""
+        return self.batch.done.is_set()
+
+    async def wait(self) -> int:
+        """The update's sequence number once durable; raises the batch's StorageError."""
+        if self.batch.done.is_set():
+            # Already durable: skip the scheduler round trip (the hot path of a writer
+            # that queued several updates), but still honour cancellation.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await self.batch.done.wait()
+        if self.batch.error is not None:
+            raise self.batch.error
+        return self.batch.seqs[self.index]
+
+
+class AsyncStore:
+    """The store for trio code: appends are group-committed; SQLite runs in worker threads.
+
+    Writers queue their updates into the open batch and wait on its event; one committer
+    task writes a whole batch in one transaction while the next batch fills. So the number
+    of fsyncs follows the disk's speed, not the number of writers.
+    """
+
+    def __init__(self, store: Store, *, max_batch: int = 10_000) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._queue: collections.deque[_Batch] = collections.deque()
+        self._wakeup = trio.Event()
+        self._closing = False
+        self._stopped = False
+        # Group commit plus one reader/checkpointer at a time; the Store's lock serialises
+        # their use of the one connection.
+        self._limiter = trio.CapacityLimiter(2)
+        self.batches = 0
+        self._known_ids: set[str] = set()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, data_dir: str | os.PathLike[str], **kwargs) -> AsyncIterator[AsyncStore]:
+        """Open a store and run its committer for the duration of the `async with`."""
+        store = await trio.to_thread.run_sync(lambda: Store.open(data_dir, **kwargs))
+        astore = cls(store)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(astore.run)
+                try:
+                    yield astore
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await astore.aclose()
+        finally:
+            store.close()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The committer: take the oldest batch, commit it in one transaction, repeat."""
+        task_status.started()
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+                    continue
+                batch = self._queue.popleft()
+                try:
+                    # Not cancellable (the default): a transaction in flight must finish so
+                    # its waiters learn the truth about durability.
+                    prepared = self.store._prepare(batch.items)
+                    batch.seqs = await trio.to_thread.run_sync(
+                        self.store._commit, prepared, limiter=self._limiter
+                    )
+                    self.batches += 1
+                except StorageError as exc:
+                    batch.error = exc
+                finally:
+                    batch.done.set()
+        finally:
+            self._stopped = True
+            # Anyone still queued must not wait forever: their writes were not made durable.
+            while self._queue:
+                batch = self._queue.popleft()
+                batch.error = StoreClosed("store closed before this write was committed")
+                batch.done.set()
+
+    async def append(self, doc_id: str, update: bytes) -> int:
+        """Append one update; return its seq once it is durable (fsync'd)."""
+        return await self.submit(doc_id, update).wait()
+
+    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Append updates in one group commit; return their seqs once durable."""
+        items = list(items)
+        if not items:
+            self._check_open()
+            return []
+        pending = self._enqueue(items)
+        await pending.wait()
+        return pending.batch.seqs[pending.index : pending.index + len(items)]
+
+    def submit(self, doc_id: str, update: bytes) -> Pending:
+        """Queue one update for the next group commit without waiting; await `.wait()` for its seq.
+
+        This is how a writer makes several updates and then waits once (a session's
+        commit): trio's cost per wake-up is larger than pycrdt's per update.
+        """
+        # The hot path of every write: checks are inlined, document ids checked once.
+        if self._closing or self._stopped:
+            raise StoreClosed(f"store {self.store.path} is closed")
+        if doc_id not in self._known_ids:
+            _check_doc_id(doc_id)
+            if len(self._known_ids) > 100_000:
+                self._known_ids.clear()
+            self._known_ids.add(doc_id)
+        if type(update) is not bytes or not 0 < len(update) <= MAX_UPDATE_BYTES:
+            _check_update(update)
+        queue = self._queue
+        if not queue or len(queue[-1].items) >= self.max_batch:
+            queue.append(_Batch())
+        batch = queue[-1]
+        batch.items.append((doc_id, update))
+        self._wakeup.set()
+        return Pending(batch, len(batch.items) - 1)
+
+    async def flush(self) -> None:
+        """Return once everything submitted so far is durable; raise if any of it failed."""
+        for batch in list(self._queue):
+            await Pending(batch, 0).wait()
+
+    def _check_open(self) -> None:
+        if self._closing or self._stopped or self.store.closed:
+            raise StoreClosed(f"store {self.store.path} is closed")
+
+    def _enqueue(self, items: list[tuple[str, bytes]]) -> Pending:
+        self._check_open()
+        for doc_id, update in items:
+            _check_doc_id(doc_id)
+            _check_update(update)
+        if not self._queue or len(self._queue[-1].items) >= self.max_batch:
+            self._queue.append(_Batch())
+        batch = self._queue[-1]
+        index = len(batch.items)
+        batch.items.extend(items)
+        self._wakeup.set()
+        return Pending(batch, index)
+
+    async def load(self, doc_id: str, *, salvage: bool = False) -> pycrdt.Doc:
+        """Rebuild a document with a fresh client id, off the event loop."""
+        return await self._run(self.store.load, doc_id, salvage=salvage)
+
+    async def load_all(self, *, salvage: bool = False) -> dict[str, pycrdt.Doc]:
+        """Rebuild every document, off the event loop."""
+        return await self._run(self.store.load_all, salvage=salvage)
+
+    async def recover(self, doc_id: str, *, salvage: bool = False) -> Loaded:
+        """Rebuild a document and say how, off the event loop."""
+        return await self._run(self.store.recover, doc_id, salvage=salvage)
+
+    async def checkpoint(self, doc_id: str, *, prune: bool = True) -> int | None:
+        """Checkpoint a document while appends continue."""
+        return await self._run(self.store.checkpoint, doc_id, prune=prune)
+
+    async def documents(self) -> list[str]:
+        """Ids of every stored document."""
+        return await self._run(self.store.documents)
+
+    async def info(self, doc_id: str) -> DocumentInfo:
+        """Record and checkpoint counts of one document."""
+        return await self._run(self.store.info, doc_id)
+
+    async def verify(self) -> Report:
+        """Verify every record, checkpoint and schema."""
+        return await self._run(self.store.verify)
+
+    async def new_client_id(self, doc_id: str | None = None, avoid: Iterable[int] = ()) -> int:
+        """A never-used, durably recorded client id."""
+        return await self._run(self.store.new_client_id, doc_id, set(avoid))
+
+    async def new_doc(self, doc_id: str) -> pycrdt.Doc:
+        """A fresh empty document with a recorded client id."""
+        return await self._run(self.store.new_doc, doc_id)
+
+    async def aclose(self) -> None:
+        """Stop accepting appends, let queued ones commit, then close the database."""
+        self._closing = True
+        self._wakeup.set()
+        while self._queue and not self._stopped:
+            await self._queue[-1].done.wait()
+        await self._run(self.store.close)
+
+    async def _run(self, fn, *args, **kwargs):
+        if self.store.closed:
+            raise StoreClosed(f"store {self.store.path} is closed")
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
+
+
+__all__ = [
+    "DB_NAME",
+    "AsyncStore",
+    "DocumentInfo",
+    "DocumentReport",
+    "Loaded",
+    "Pending",
+    "Report",
+    "Store",
+    "StoreStats",
+    "checkpoint_checksum",
+    "record_checksum",
+]
