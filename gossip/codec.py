@@ -320,6 +320,8 @@ def _spec_for(cls: type) -> _ClassSpec:
     spec = _SPECS.get(cls)
     if spec is not None:
         return spec
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise LocalError(f"{cls!r} is not a dataclass; it has no wire encoding")
     hints = typing.get_type_hints(cls)
     names: list[str] = []
     encoders = []
@@ -341,6 +343,18 @@ def _spec_for(cls: type) -> _ClassSpec:
     spec = _ClassSpec(cls, tuple(names), tuple(encoders), tuple(decoders), required)
     _SPECS[cls] = spec
     return spec
+
+
+def to_wire(obj: object) -> list[Any]:
+    """Return the wire list of any supported dataclass instance, without a TYPE."""
+    return _spec_for(type(obj)).to_wire(obj)
+
+
+def from_wire(cls: type, values: Any) -> Any:
+    """Build a `cls` instance from its wire list, checked like a message (raises BadFrame)."""
+    if type(values) is not list:
+        raise BadFrame("decode", f"{cls.__name__} travels as an array")
+    return _spec_for(cls).from_wire(values)
 
 
 def message_spec(cls: type) -> tuple[tuple[str, Any], ...]:
@@ -403,12 +417,46 @@ def _unpack(data: bytes) -> Any:
             # unpacker from building anything we would only throw away.
             max_map_len=0,
             max_ext_len=0,
-            max_str_len=MAX_STR_BYTES,
+            # Strings are bounded by the field checks (a range error, "type").
+            max_str_len=MAX_FRAME_BYTES,
             max_bin_len=MAX_FRAME_BYTES,
             max_array_len=max(MAX_ITEMS, MAX_MESSAGES),
         )
     except Exception as exc:  # msgpack raises ValueError subclasses and others: all "decode"
+        version = _peek_version(data)
+        if version is not None and version != PROTOCOL_VERSION:
+            # Another version may use what we refuse (a map, an extension): say so.
+            raise BadFrame(
+                "version", f"protocol version {version}, we speak {PROTOCOL_VERSION}"
+            ) from None
         raise BadFrame("decode", f"not msgpack: {type(exc).__name__}: {exc}") from None
+
+
+_UINT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+def _peek_version(data: bytes) -> int | None:
+    """The leading protocol version of an array that does not unpack as a whole, if any."""
+    if not data:
+        return None
+    lead = data[0]
+    if 0x91 <= lead <= 0x9F:
+        pos = 1
+    elif lead == 0xDC:
+        pos = 3
+    elif lead == 0xDD:
+        pos = 5
+    else:
+        return None
+    if pos >= len(data):
+        return None
+    tag = data[pos]
+    if tag <= 0x7F:
+        return tag
+    size = _UINT_SIZES.get(tag)
+    if size is None or pos + 1 + size > len(data):
+        return None
+    return int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
 
 
 def decode_message(wire: Any) -> object:
