@@ -163,6 +163,39 @@ async def test_reconnects_after_peer_restarts_on_same_port():
         assert a.stats.dropped["unreachable"] >= 1
 
 
+async def test_idle_outgoing_connection_is_closed_and_reopened_on_demand():
+    cfg = TransportConfig(outbound_idle=0.1, backoff_min=0.02, backoff_max=0.2)
+    async with Transport(config=cfg) as a, Transport(config=CALM) as b:
+        assert a.send(b.address, b"one")
+        await receive_n(b, 1)
+        await wait_until(lambda: a.stats.connections_closed["idle"] == 1, "idle close")
+        assert a.connections["outbound"] == 0
+        assert a.send(b.address, b"two")
+        [(_, got)] = await receive_n(b, 1)
+        assert got == b"two"
+        assert a.stats.connections_opened["outbound"] == 2
+        assert a.stats.connections_cut.total() == 0
+
+
+def _have_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _have_ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+async def test_ipv6_loopback_round_trip():
+    async with Transport("[::1]:0", config=CALM) as a, Transport("[::1]:0", config=CALM) as b:
+        assert b.address.startswith("[::1]:")
+        assert a.send(b.address, b"over tcp")
+        assert a.send_datagram(b.address, b"over udp")
+        got = sorted(f for _, f in await receive_n(b, 2))
+    assert got == [b"over tcp", b"over udp"]
+
+
 # --- send queues -------------------------------------------------------------------------
 
 
