@@ -187,7 +187,7 @@ class _Transfer:
 @dataclass(slots=True)
 class _Expect:
     peer: str
-    state_vector: bytes
+    clocks: dict[int, int]
     due: float
 
 
@@ -650,13 +650,21 @@ class Replicator:
 
     def _expect_cover(self, now: float, peer: str, doc_id: str, their_sv: bytes) -> None:
         """Remember to check later that we caught up with what `peer` said it holds."""
-        ours = decode_state_vector(self.replica.state_vector(doc_id))
-        if _covers(ours, _decode_remote_sv(their_sv, peer)):
+        theirs = _decode_remote_sv(their_sv, peer)
+        exp = self._expect.get(doc_id)
+        if exp is not None:
+            # Rumours arrive in any order: an older, smaller vector must not cancel the
+            # wait for a newer one, so wait for the element-wise maximum.
+            for client, clock in exp.clocks.items():
+                if clock > theirs.get(client, 0):
+                    theirs[client] = clock
+        if _covers(decode_state_vector(self.replica.state_vector(doc_id)), theirs):
             self._expect.pop(doc_id, None)
             return
-        if doc_id not in self._expect and len(self._expect) >= self.config.max_resyncs:
-            return
-        self._expect[doc_id] = _Expect(peer, their_sv, now + self.config.resync_delay)
+        if exp is not None:
+            exp.peer, exp.clocks = peer, theirs
+        elif len(self._expect) < self.config.max_resyncs:
+            self._expect[doc_id] = _Expect(peer, theirs, now + self.config.resync_delay)
 
     def _resync(self, now: float, sends: list[Send]) -> None:
         if not self._expect:
@@ -667,7 +675,7 @@ class Replicator:
                 continue
             del self._expect[doc_id]
             ours = decode_state_vector(self.replica.state_vector(doc_id))
-            if not _covers(ours, decode_state_vector(exp.state_vector)):
+            if not _covers(ours, exp.clocks):
                 by_peer.setdefault(exp.peer, []).append(doc_id)
         for peer, doc_ids in by_peer.items():
             session = self._new_session(now, peer)
