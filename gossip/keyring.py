@@ -171,17 +171,20 @@ def parse_key(text: str, source: str = "key") -> bytes:
 def load_key_file(path: str | os.PathLike[str], *, check_mode: bool = True) -> bytes:
     """Read a key file and return its 32-byte key; LocalError on any problem."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO planted at the path must not hang us; no effect on files.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise LocalError(
             f"{path}: key file does not exist (create one: statemesh keygen)"
         ) from None
     except OSError as exc:
         raise LocalError(f"{path}: cannot open key file: {exc.strerror}") from None
+    # Check the opened file itself (not the path again), before any read.
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise LocalError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise LocalError(f"{path}: not a regular file")
         if check_mode and st.st_mode & 0o077:
             raise LocalError(
                 f"{path}: key file mode {stat.S_IMODE(st.st_mode):04o} lets others read it; "
