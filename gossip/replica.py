@@ -17,6 +17,7 @@ Invariants of every implementation:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
@@ -59,31 +60,49 @@ class ReplicaPort(Protocol):
 
 
 class MemoryReplica:
-    """`ReplicaPort` over a dict of pycrdt documents; everything is durable at once."""
+    """`ReplicaPort` over a dict of pycrdt documents; everything is durable at once.
 
-    def __init__(self) -> None:
+    Pass `client_ids` (a seeded `random.Random`) to draw pycrdt client ids from it instead
+    of pycrdt's own randomness, so that a simulation replays byte for byte.
+    """
+
+    def __init__(self, client_ids: random.Random | None = None) -> None:
         self._docs: dict[str, pycrdt.Doc] = {}
+        self._client_ids = client_ids
         # Fingerprints cost a full delete-set encoding, and the replicator asks for them on
         # every change and every anti-entropy exchange: cache until the document changes.
+        # A transaction observer invalidates the cache, so local writes cannot leave a
+        # stale fingerprint behind even if the writer forgets to call `changed`.
         self._fingerprints: dict[str, bytes] = {}
+        self._observed: dict[str, object] = {}
         self._empty_fingerprint = _fingerprint(pycrdt.Doc())
 
     # -- local use (tests, simulator, runtime) ----------------------------------------
 
     def doc(self, doc_id: str) -> pycrdt.Doc:
-        """The document `doc_id`, created empty if unknown; write to it, then call `changed`."""
+        """The document `doc_id`, created empty if unknown, for local reads and writes."""
         _check_doc_id(doc_id)
         doc = self._docs.get(doc_id)
         if doc is None:
-            doc = self._docs[doc_id] = pycrdt.Doc()
+            doc = self._docs[doc_id] = self.new_doc()
+        if doc_id not in self._observed:
+            self._observed[doc_id] = doc.observe(
+                lambda _event: self._fingerprints.pop(doc_id, None)
+            )
         return doc
+
+    def new_doc(self) -> pycrdt.Doc:
+        """A fresh empty document (client id from `client_ids` when given)."""
+        if self._client_ids is None:
+            return pycrdt.Doc()
+        return pycrdt.Doc(client_id=self._client_ids.randrange(1, 2**31))
 
     def has(self, doc_id: str) -> bool:
         """Whether the replica holds `doc_id`."""
         return doc_id in self._docs
 
     def changed(self, doc_id: str) -> None:
-        """Note that `doc_id` was written to locally (invalidates its cached fingerprint)."""
+        """Note that `doc_id` changed behind our back (writes through `doc()` are seen anyway)."""
         self._fingerprints.pop(doc_id, None)
 
     def __iter__(self) -> Iterator[str]:
@@ -132,7 +151,7 @@ class MemoryReplica:
         doc = self._docs.get(doc_id)
         fresh = doc is None
         if fresh:
-            doc = pycrdt.Doc()
+            doc = self.new_doc()
         try:
             doc.apply_update(update)
         except (KeyboardInterrupt, SystemExit):

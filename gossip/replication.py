@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -42,7 +43,7 @@ import blake3
 
 from crdt_types.errors import InvalidValue, LocalError, RemoteError
 from crdt_types.vv import decode_state_vector
-from gossip.digest import DEFAULT_BUCKETS, MAX_BUCKETS, HashTree, bucket_of
+from gossip.digest import DEFAULT_BUCKETS, HashTree, bucket_of
 from gossip.framing import MAX_FRAME_BYTES
 from gossip.messages import Digest, DigestBuckets, DocDiff, DocUpdate, DocVectors, ReplicaAck
 from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE, ReplicaPort
@@ -52,6 +53,9 @@ REPLICATION_MESSAGES = (DocUpdate, Digest, DigestBuckets, DocVectors, DocDiff, R
 # Envelope, sealing and per-message encoding overhead is a few hundred bytes; keep a
 # generous margin so a chunk plus its envelope always fits one frame.
 FRAME_HEADROOM = 64 * 1024
+# What a chunk's message adds to its data: document id (at most 4 KiB on the wire), ints.
+MESSAGE_OVERHEAD = 4096 + 64
+MAX_CONFIG_BUCKETS = 16384  # 16384 hashes of 16 bytes: 256 KiB in one DigestBuckets
 _MAX_ID = (1 << 63) - 1
 
 Send = tuple[str, object]
@@ -104,6 +108,10 @@ class ReplicationConfig:
     resync_delay: float = 1.0  # wait this long for gap-filling updates before re-requesting
     max_resyncs: int = 4096  # documents waiting to be checked for a re-request
     max_ack_targets: int = 16  # peers remembered per document as owed an ack
+    # Bytes (estimated) sent to one peer at one `now`: the node packs what one call
+    # returns for a destination into one envelope, so this keeps every frame in bounds.
+    max_send_bytes: int = MAX_FRAME_BYTES - FRAME_HEADROOM
+    max_outbox_bytes: int = 64 * 1024 * 1024  # held back for later; beyond it, dropped
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -112,12 +120,18 @@ class ReplicationConfig:
                 raise LocalError(f"ReplicationConfig.{f.name} must be a number, not {value!r}")
             if value < 0 or (value == 0 and f.name not in _MAY_BE_ZERO):
                 raise LocalError(f"ReplicationConfig.{f.name} must be positive, not {value!r}")
-        if not 1 <= self.buckets <= MAX_BUCKETS:
-            raise LocalError(f"ReplicationConfig.buckets must be in 1..{MAX_BUCKETS}")
-        if self.chunk_bytes > MAX_FRAME_BYTES - FRAME_HEADROOM:
+        if not 1 <= self.buckets <= MAX_CONFIG_BUCKETS:
+            # DigestBuckets carries every bucket hash in one message.
+            raise LocalError(f"ReplicationConfig.buckets must be in 1..{MAX_CONFIG_BUCKETS}")
+        if self.max_send_bytes > MAX_FRAME_BYTES - FRAME_HEADROOM:
             raise LocalError(
-                f"ReplicationConfig.chunk_bytes {self.chunk_bytes} leaves no room for the "
-                f"envelope under the {MAX_FRAME_BYTES}-byte frame limit"
+                f"ReplicationConfig.max_send_bytes {self.max_send_bytes} leaves no room for "
+                f"the envelope under the {MAX_FRAME_BYTES}-byte frame limit"
+            )
+        if self.chunk_bytes + MESSAGE_OVERHEAD > self.max_send_bytes:
+            raise LocalError(
+                f"ReplicationConfig.chunk_bytes {self.chunk_bytes} does not fit "
+                f"max_send_bytes {self.max_send_bytes} with its message"
             )
 
 
@@ -140,6 +154,8 @@ class ReplicationStats:
     transfers_expired: int = 0
     transfers_evicted: int = 0
     rumours_evicted: int = 0
+    sends_deferred: int = 0  # held in the outbox to keep a frame under the limit
+    sends_dropped: int = 0  # outbox full: dropped (anti-entropy heals)
     resyncs_requested: int = 0
     acks_sent: int = 0
     acks_received: int = 0
@@ -225,6 +241,10 @@ class Replicator:
         self._ack_out: dict[str, dict[str, bytes]] = {}
         self._peer_durable: dict[str, dict[str, bytes]] = {}
         self._next_anti_entropy: float | None = None
+        self._outbox: dict[str, deque[tuple[object, int]]] = {}
+        self._outbox_bytes = 0
+        self._budget_now: float | None = None
+        self._budget_used: dict[str, int] = {}
         self.rebuild()
 
     # -- public API -------------------------------------------------------------------
@@ -262,7 +282,7 @@ class Replicator:
             # let anti-entropy carry it further.
             for peer in targets:
                 self._send_diff(sends, peer, doc_id, update)
-            return sends
+            return self._shape(now, sends)
         key = self._remember(doc_id, update)
         rumour = _Rumour(
             doc_id,
@@ -274,7 +294,7 @@ class Replicator:
         )
         self._push(sends, rumour, targets)
         self._add_rumour(key, rumour)
-        return sends
+        return self._shape(now, sends)
 
     def tick(self, now: float, peers: Sequence[str]) -> list[Send]:
         """Retransmit rumours, start an anti-entropy exchange when due, expire old state."""
@@ -297,7 +317,7 @@ class Replicator:
             sends.append((peer, Digest(session, self._tree.root, len(self._tree))))
             self.stats.digests_sent += 1
         self._flush_acks(sends)
-        return sends
+        return self._shape(now, sends)
 
     def receive(self, now: float, sender: str, msg: object) -> tuple[list[Send], list[object]]:
         """Handle one replication message from `sender`; returns (messages to send, events)."""
@@ -322,7 +342,7 @@ class Replicator:
             self.stats.malformed += 1
             self.stats.last_error = str(exc)
         self._flush_acks(sends)
-        return sends, events
+        return self._shape(now, sends), events
 
     def on_durable(self, now: float, doc_id: str) -> list[Send]:
         """`doc_id` was persisted: send our durable state vector to peers owed an ack."""
@@ -336,7 +356,7 @@ class Replicator:
                 self._queue_acks(doc_id, wanted)
         sends: list[Send] = []
         self._flush_acks(sends)
-        return sends
+        return self._shape(now, sends)
 
     def peer_durable(self, node: str, doc_id: str) -> bytes | None:
         """The last durable state vector `node` reported for `doc_id`, if any."""
@@ -356,6 +376,8 @@ class Replicator:
         """Drop everything kept about `node` (call when membership reaps it)."""
         self._peer_durable.pop(node, None)
         self._ack_out.pop(node, None)
+        for _, size in self._outbox.pop(node, ()):
+            self._outbox_bytes -= size
         for wanted in self._ack_wanted.values():
             wanted.pop(node, None)
         for key in [k for k in self._transfers if k[0] == node]:
@@ -373,6 +395,44 @@ class Replicator:
     def buffered_bytes(self) -> int:
         """Bytes held in chunk reassembly buffers."""
         return self._buffered
+
+    @property
+    def outbox_bytes(self) -> int:
+        """Bytes held back to keep frames under the limit, sent on later calls."""
+        return self._outbox_bytes
+
+    # -- output shaping -----------------------------------------------------------------
+
+    def _shape(self, now: float, sends: list[Send]) -> list[Send]:
+        """Cap the bytes per destination at one `now`; hold the rest back in order."""
+        if self._budget_now != now:
+            # A new instant: whatever was sent before went out in earlier frames.
+            self._budget_now = now
+            self._budget_used = {}
+        budget = self.config.max_send_bytes
+        used = self._budget_used
+        out: list[Send] = []
+        for dest in list(self._outbox):
+            queue = self._outbox[dest]
+            while queue and used.get(dest, 0) + queue[0][1] <= budget:
+                msg, size = queue.popleft()
+                self._outbox_bytes -= size
+                used[dest] = used.get(dest, 0) + size
+                out.append((dest, msg))
+            if not queue:
+                del self._outbox[dest]
+        for dest, msg in sends:
+            size = approx_size(msg)
+            if dest not in self._outbox and used.get(dest, 0) + size <= budget:
+                used[dest] = used.get(dest, 0) + size
+                out.append((dest, msg))
+            elif self._outbox_bytes + size <= self.config.max_outbox_bytes:
+                self._outbox.setdefault(dest, deque()).append((msg, size))
+                self._outbox_bytes += size
+                self.stats.sends_deferred += 1
+            else:
+                self.stats.sends_dropped += 1
+        return out
 
     # -- rumours ----------------------------------------------------------------------
 

@@ -459,18 +459,56 @@ def test_missing_chunk_is_expired_then_healed_by_next_round():
     assert fingerprint(b.doc("big")) == fingerprint(a.doc("big"))
 
 
-def test_every_message_fits_a_frame_at_the_default_chunk_size():
+def packed_frames(src: str, sends) -> list[bytes]:
+    """Pack one call's output like gossip.node does: one envelope per destination."""
+    by_dest: dict[str, list[object]] = {}
+    for dest, msg in sends:
+        by_dest.setdefault(dest, []).append(msg)
+    return [encode_envelope(m.Envelope(src, "127.0.0.1:1", 1, tuple(x))) for x in by_dest.values()]
+
+
+def test_every_frame_fits_when_a_call_returns_megabytes():
     a, b, ra, rb = big_pair(33, chunk_bytes=ReplicationConfig().chunk_bytes)
     for _ in range(6):  # ~4 MB of text
         write(a, "big", lambda d: text(d).insert(0, "q" * 700_000))
     ra.rebuild()
-    chunks = exchange_chunks(ra, rb)
-    assert len(chunks) > 1
-    for c in chunks:
-        assert len(wire_bytes("a", c)) < MAX_FRAME_BYTES
-        assert approx_size(c) >= len(wire_bytes("a", c)) - 64
-        rb.receive(0.0, "a", c)
+    nodes = {"a": ra, "b": rb}
+    now = 1.0
+    inflight = [("a", "b", msg) for _, msg in ra.tick(now, ["b"])]
+    frames = 0
+    for _ in range(100):
+        if not inflight and not ra.outbox_bytes:
+            break
+        now += 0.2
+        batch, inflight = inflight, []
+        for dest in ("a", "b"):  # each peer's messages arrive in one envelope per sender
+            for src in ("a", "b"):
+                msgs = [x for s, d, x in batch if (s, d) == (src, dest)]
+                sends = []
+                for msg in msgs:
+                    sends += nodes[dest].receive(now, src, msg)[0]
+                for data in packed_frames(dest, sends):
+                    assert len(data) < MAX_FRAME_BYTES
+                    frames += 1
+                inflight += [(dest, d, x) for d, x in sends]
+        sends = ra.tick(now, ["b"])
+        assert all(len(f) < MAX_FRAME_BYTES for f in packed_frames("a", sends))
+        inflight += [("a", d, x) for d, x in sends]
     assert fingerprint(b.doc("big")) == fingerprint(a.doc("big"))
+    assert ra.stats.sends_deferred > 0 and ra.stats.chunks_sent > 4 and frames > 4
+    assert ra.outbox_bytes == 0 and rb.buffered_bytes == 0
+
+
+def test_approx_size_bounds_the_encoded_size():
+    msgs = [
+        m.DocDiff("session/x", 2**62, 3, 9, b"z" * 5000),
+        m.DocUpdate("d", b"u" * 300, "origin", b"\x01\x02\x03"),
+        m.DocVectors(7, (1, 2, 3), (("d", b"\x00", b"f" * 32, b"\x00"),) * 50, True),
+        m.DigestBuckets(7, (b"h" * 16,) * 256, True),
+        m.ReplicaAck((("d", b"\x01\x05\x06"),) * 20),
+    ]
+    for msg in msgs:
+        assert approx_size(msg) >= len(wire_bytes("a", msg)) - 32, msg
 
 
 def test_big_local_update_is_pushed_in_chunks():
@@ -722,3 +760,48 @@ def test_same_seed_same_trace():
 
     assert trace(71) == trace(71)
     assert trace(71) != trace(72)
+
+
+def test_outbox_is_bounded_and_drops_beyond_it():
+    cfg = ReplicationConfig(chunk_bytes=1000, max_send_bytes=6000, max_outbox_bytes=5000)
+    a = MemoryReplica()
+    ra = Replicator("a", a, random.Random(39), cfg)
+    ra.set_peers(["b"])
+    update = write(a, "d", lambda d: text(d).insert(0, "w" * 20_000))
+    sends = ra.on_local_update(0.0, "d", update)
+    assert sum(approx_size(x) for _, x in sends) <= 6000
+    assert 0 < ra.outbox_bytes <= 5000 and ra.stats.sends_dropped > 0
+    later = ra.tick(1.0, ["b"])  # a new instant: the outbox drains first, in order
+    chunks = [x.chunk for _, x in later if isinstance(x, m.DocDiff)]
+    assert chunks == sorted(chunks) and chunks[0] == len(sends)
+
+
+# --- MemoryReplica -------------------------------------------------------------------------
+
+
+def test_memory_replica_sees_local_writes_without_being_told():
+    replica = MemoryReplica()
+    doc = replica.doc("d")
+    before = replica.fingerprint("d")
+    text(doc).insert(0, "abc")  # no replica.changed(): the observer invalidates the cache
+    after = replica.fingerprint("d")
+    assert after != before and after == fingerprint(doc)
+    del text(doc)[0:1]  # a pure delete changes the fingerprint, not the state vector
+    assert replica.fingerprint("d") != after
+
+
+def test_memory_replica_client_ids_replay_from_the_seed():
+    def run() -> list[bytes]:
+        replica = MemoryReplica(client_ids=random.Random(5))
+        return [write(replica, f"d{i}", _hello) for i in range(3)]
+
+    assert run() == run()
+
+
+def test_memory_replica_unknown_document_answers_empty():
+    replica = MemoryReplica()
+    assert replica.state_vector("x") == b"\x00" and replica.diff("x", b"\x00") == b"\x00\x00"
+    assert replica.fingerprint("x") == fingerprint(pycrdt.Doc())
+    assert not replica.has("x") and list(replica.doc_ids()) == []
+    with pytest.raises(LocalError):
+        replica.doc("")
