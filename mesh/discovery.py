@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import itertools
 import json
 import math
 import re
@@ -201,7 +202,10 @@ class Discovery:
         )
         self._peers: dict[str, PeerFound] = {}
         self._name_to_node: dict[str, str] = {}
-        self._generation: Counter[str] = Counter()
+        # Per service name, the stamp of its latest change; stamps never repeat, so a
+        # resolution that finishes after a newer change (even remove + re-add) is dropped.
+        self._generation: dict[str, int] = {}
+        self._stamps = itertools.count(1)
         self._ignored: Counter[str] = Counter()
         self._zc: Zeroconf | None = None
         self._browser: ServiceBrowser | None = None
@@ -315,14 +319,14 @@ class Discovery:
 
     async def _process(self) -> None:
         async for name, change in self._raw_recv:
-            self._generation[name] += 1
             if change is ServiceStateChange.Removed:
+                self._generation.pop(name, None)
                 node = self._name_to_node.pop(name, None)
                 if node is not None and self._peers.pop(node, None) is not None:
                     self._emit(PeerLost(node))
-                del self._generation[name]
             else:
-                self._nursery.start_soon(self._resolve, name, self._generation[name])
+                stamp = self._generation[name] = next(self._stamps)
+                self._nursery.start_soon(self._resolve, name, stamp)
 
     async def _resolve(self, name: str, generation: int) -> None:
         assert self._zc is not None
@@ -334,10 +338,10 @@ class Discovery:
                 abandon_on_cancel=True,
             )
             if not ok:
-                if self._generation[name] == generation:
+                if self._generation.get(name) == generation:
                     self._ignored["unresolved"] += 1
                 return
-        if self._generation[name] == generation:
+        if self._generation.get(name) == generation:
             self._accept(name, info)
 
     def _accept(self, name: str, info: ServiceInfo) -> None:
@@ -398,49 +402,48 @@ class Discovery:
 
 
 async def _probe(args: argparse.Namespace) -> int:
-    found: set[str] = set()
+    found: set[str] = set()  # found and not lost since
+    ever: set[str] = set()
 
     def say(obj: dict[str, Any]) -> None:
         print(json.dumps(obj, sort_keys=True), flush=True)
 
-    with (
-        trio.move_on_after(args.timeout),
-        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
-    ):
-        async with (
-            Discovery(
-                args.node, args.cluster, args.port, args.interface, http_port=args.http_port
-            ) as d,
-            trio.open_nursery() as nursery,
-        ):
+    d = Discovery(args.node, args.cluster, args.port, args.interface, http_port=args.http_port)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.move_on_after(args.timeout):
+            async with d, trio.open_nursery() as nursery:
 
-            async def on_signal() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
+                async def on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
 
-            nursery.start_soon(on_signal)
-            say({"event": "registered", "node": args.node})
-            async for ev in d.events():
-                if isinstance(ev, PeerFound):
-                    found.add(ev.node_id)
-                    say({"event": "found", "node": ev.node_id, "host": ev.host, "port": ev.port})
-                else:
-                    found.discard(ev.node_id)
-                    say({"event": "lost", "node": ev.node_id})
-                if args.expect and len(found) >= args.expect:
-                    say({"event": "complete", "peers": sorted(found)})
-                    with trio.move_on_after(args.linger):
-                        await trio.sleep_forever()
-                    nursery.cancel_scope.cancel()
-        say(
-            {
-                "event": "summary",
-                "node": args.node,
-                "peers": {n: [p.host, p.port] for n, p in sorted(d.peers.items())},
-                "ignored": d.ignored,
-            }
-        )
-    return 0 if not args.expect or len(found) >= args.expect else 1
+                nursery.start_soon(on_signal)
+                say({"event": "registered", "node": args.node})
+                async for ev in d.events():
+                    if isinstance(ev, PeerFound):
+                        found.add(ev.node_id)
+                        ever.add(ev.node_id)
+                        say(
+                            {"event": "found", "node": ev.node_id, "host": ev.host, "port": ev.port}
+                        )
+                    else:
+                        found.discard(ev.node_id)
+                        say({"event": "lost", "node": ev.node_id})
+                    if args.expect and len(found) >= args.expect:
+                        say({"event": "complete", "peers": sorted(found)})
+                        # Stay announced a little so slower starters can find us too.
+                        await trio.sleep(args.linger)
+                        nursery.cancel_scope.cancel()
+    say(
+        {
+            "event": "summary",
+            "node": args.node,
+            "found": sorted(ever),
+            "peers": {n: [p.host, p.port] for n, p in sorted(d.peers.items())},
+            "ignored": d.ignored,
+        }
+    )
+    return 0 if not args.expect or len(ever) >= args.expect else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,7 +178,9 @@ def available() -> str | None:
         reason = "network-namespace hosts need `nft` (Debian package nftables)"
     else:
         # Root in a container may still lack CAP_SYS_ADMIN or nf_tables: try for real.
-        probe = f"{DEFAULT_PREFIX}probe-{os.getpid()}-{next(_seq)}"
+        me = os.getpid()
+        # Named like a network's namespaces so cleanup_stale sweeps it after a crash.
+        probe = f"{DEFAULT_PREFIX}-{me}-{_start_time(me)}-{next(_seq)}-probe"
         try:
             _run(["ip", "netns", "add", probe])
             try:
@@ -265,6 +267,7 @@ class HostNetwork:
         self._processes: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
         self._closed = False
+        self._owner = me
         atexit.register(self.close)
         try:
             self._build()
@@ -388,7 +391,8 @@ class HostNetwork:
 
     def close(self) -> None:
         """Kill every process we started in the hosts and delete every namespace we made."""
-        if self._closed:
+        # A forked child inherits our atexit hook but must not tear down its parent's hosts.
+        if self._closed or os.getpid() != self._owner:
             return
         self._closed = True
         atexit.unregister(self.close)

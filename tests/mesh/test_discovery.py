@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -253,6 +254,54 @@ async def test_misuse_raises_local_error() -> None:
     with pytest.raises(LocalError, match="only once"):
         async with d:
             pass
+
+
+# --- the probe (python -m mesh.discovery) ---------------------------------------------
+
+
+def probe_argv(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "mesh.discovery", "--cluster", cluster("probe"), *extra]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--node", "p", "--port", "0", "--interface", "127.0.0.1"],
+        ["--node", "p", "--port", "7300", "--interface", "eth0"],
+        ["--node", "p", "--port", "7300"],  # no interface: there is no default
+        ["--node", "p", "--port", "x", "--interface", "127.0.0.1"],
+    ],
+)
+def test_probe_rejects_bad_flags_with_exit_2(flags: list[str]) -> None:
+    proc = subprocess.run(probe_argv(*flags), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc
+    assert proc.stdout == "" and "error" in proc.stderr
+
+
+def test_probe_exits_1_when_the_expected_peers_never_come() -> None:
+    argv = probe_argv("--node", "lonely", "--port", "7301", "--interface", "127.0.0.1")
+    proc = subprocess.run(
+        argv + ["--expect", "1", "--timeout", "1.5"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1, proc
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["event"] == "summary" and summary["peers"] == {}
+
+
+def test_probe_shuts_down_cleanly_on_sigterm() -> None:
+    argv = probe_argv("--node", "term", "--port", "7302", "--interface", "127.0.0.1")
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        assert json.loads(p.stdout.readline())["event"] == "registered"
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=BOUND)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["event"] == "summary"
 
 
 # --- namespace hosts ------------------------------------------------------------------
