@@ -354,7 +354,13 @@ def from_wire(cls: type, values: Any) -> Any:
     """Build a `cls` instance from its wire list, checked like a message (raises BadFrame)."""
     if type(values) is not list:
         raise BadFrame("decode", f"{cls.__name__} travels as an array")
-    return _spec_for(cls).from_wire(values)
+    spec = _spec_for(cls)
+    try:
+        return spec.from_wire(values)
+    except BadFrame:
+        raise
+    except Exception as exc:  # a __post_init__ check: a range error, see decode_envelope
+        raise BadFrame("type", f"{cls.__name__}: {type(exc).__name__}: {exc}") from None
 
 
 def message_spec(cls: type) -> tuple[tuple[str, Any], ...]:

@@ -494,3 +494,20 @@ def test_unsupported_annotation_is_refused_at_compile_time() -> None:
         to_wire(HasDict({}))
     with pytest.raises(LocalError):
         to_wire(object())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError("low > high")
+
+
+def test_a_dataclass_own_validation_becomes_a_type_error() -> None:
+    assert from_wire(_Checked, [1, 2]) == _Checked(1, 2)
+    with pytest.raises(BadFrame) as info:
+        from_wire(_Checked, [3, 2])
+    assert info.value.reason == "type"
