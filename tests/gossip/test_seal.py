@@ -7,6 +7,7 @@ message that depends on it), so a failure replays exactly.
 from __future__ import annotations
 
 import random
+import socket
 import zlib
 
 import msgpack
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from crdt_types.errors import BadFrame, LocalError
 from gossip.codec import encode_envelope
-from gossip.framing import MAX_FRAME_BYTES, FrameDecoder, frame
+from gossip.framing import MAX_DATAGRAM_BYTES, MAX_FRAME_BYTES, FrameDecoder, frame
 from gossip.keyring import Keyring
 from gossip.messages import PROTOCOL_VERSION, Ack, DocUpdate, Envelope, Ping
 from gossip.seal import (
@@ -126,6 +127,20 @@ def test_framed_over_a_stream(pair) -> None:
     dec = FrameDecoder()
     out = [b.unpack(T0, f) for chunk in (stream[:10], stream[10:]) for f in dec.feed(chunk)]
     assert [e.messages for e in out] == [(Ack(0),), (Ack(1),), (Ack(2),)]
+
+
+def test_sealed_datagrams_over_a_real_loopback_socket(pair) -> None:
+    a, b, _ = pair
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        sent = [env("a", Ack(i)) for i in range(5)]
+        for e in sent:
+            tx.sendto(a.pack(T0, e), rx.getsockname())
+        got = [b.unpack(T0, rx.recvfrom(MAX_DATAGRAM_BYTES)[0]) for _ in sent]
+    assert got == sent
 
 
 # --- keys and clusters --------------------------------------------------------------------------
