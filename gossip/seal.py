@@ -170,11 +170,15 @@ def parse_header(frame: bytes) -> Header:
 class _Window:
     """Counters seen from one (sender, boot): the highest, and a bitmap of those below it."""
 
-    __slots__ = ("top", "bits", "max_ts", "last_seen")
+    __slots__ = ("top", "bits", "start", "floor", "max_ts", "last_seen")
 
-    def __init__(self) -> None:
+    def __init__(self, start: int, floor: float) -> None:
         self.top = -1
         self.bits = 0  # bit i set: counter top - i was accepted
+        # Counters below `start` came before this window existed: we may have accepted
+        # them under state we later had to forget, so they must beat the floor then in force.
+        self.start = start
+        self.floor = floor
         self.max_ts = -math.inf  # newest sender timestamp accepted
         self.last_seen = -math.inf  # receiver time of the last acceptance
 
@@ -235,6 +239,8 @@ class ReplayGuard:
             if ts <= floor:
                 raise BadFrame("replay", "unknown boot older than state we had to forget")
             return
+        if counter < win.start and ts <= win.floor:
+            raise BadFrame("replay", "frame older than state we had to forget")
         if counter > win.top:
             return
         behind = win.top - counter
@@ -260,7 +266,7 @@ class ReplayGuard:
             if len(peer.boots) >= self.max_boots:
                 old = min(peer.boots, key=lambda b: peer.boots[b].last_seen)
                 peer.floor = max(peer.floor, peer.boots.pop(old).max_ts)
-            win = peer.boots[boot_id] = _Window()
+            win = peer.boots[boot_id] = _Window(counter, peer.floor)
         if counter > win.top:
             shift = counter - win.top
             win.bits = ((win.bits << shift) | 1) & self._mask if shift < self.window else 1

@@ -402,6 +402,17 @@ def test_sender_cap_evicts_and_floor_blocks_old_frames_of_the_evicted() -> None:
     assert rx.unpack(T0 + 22, old.pack(T0 + 22, env("victim"))).sender == "victim"
 
 
+def test_forgotten_state_cannot_be_replayed_into_a_new_window_of_the_same_boot() -> None:
+    g = ReplayGuard(max_senders=1)
+    for counter in range(10):
+        g.accept(T0, "a", 1, counter, T0)
+    g.accept(T0 + 1, "b", 1, 0, T0 + 1)  # the cap forces out a's young state
+    g.accept(T0 + 2, "a", 1, 10, T0 + 2)  # a is back, same boot: a new window at 10
+    with pytest.raises(BadFrame):
+        g.check(T0 + 2, "a", 1, 5, T0)  # accepted before we forgot: refused by the floor
+    g.check(T0 + 2, "a", 1, 9, T0 + 1.5)  # never seen, newer than the floor: fine
+
+
 def test_boots_per_sender_are_capped() -> None:
     g = ReplayGuard(max_boots=3)
     for boot in range(10):
