@@ -175,6 +175,10 @@ class ClusterState:
         """Names of the stored secrets, sorted."""
         return sorted(self._secrets.keys())
 
+    def close(self) -> None:
+        """Stop observing the document; the view still works, uncached."""
+        self._config.close()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data: settings with version and writer, and the secrets."""
         config = {

@@ -19,12 +19,15 @@ replicas that concurrently create a nested Map under one key end up with only on
 them.
 
 Reads are served from an index rebuilt lazily after any transaction on the document
-(local or remote), which `doc.observe` tells us about.
+(local or remote), which `doc.observe` tells us about. The state vector cannot serve as
+the cache key: an out-of-order update can change the map without advancing it. Keep one
+view per document (each view is one observer) and `close()` views you drop.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +76,19 @@ class MaxEntries:
         self.root = root
         self.map = doc.get(root, type=Map)
         self._index: dict[str, Entry] | None = None
+        self._closed = False
         self._keys: dict[str, list[str]] = {}
         # The callback only drops the cache: it must not raise (exceptions in observers
-        # surface as an ExceptionGroup from the writer's transaction).
-        self._subscription = doc.observe(self._invalidate)
+        # surface as an ExceptionGroup from the writer's transaction). It holds a weak
+        # reference so a dropped view does not live on as long as its document.
+        ref = weakref.ref(self)
 
-    def _invalidate(self, _event: object) -> None:
-        self._index = None
+        def invalidate(_event: object) -> None:
+            view = ref()
+            if view is not None:
+                view._index = None
+
+        self._subscription = doc.observe(invalidate)
 
     def _build(self) -> dict[str, Entry]:
         index: dict[str, Entry] = {}
@@ -95,7 +104,9 @@ class MaxEntries:
             best = index.get(entry.name)
             if best is None or entry.rank > best.rank:
                 index[entry.name] = entry
-        self._index, self._keys = index, keys
+        self._keys = keys
+        if not self._closed:
+            self._index = index
         return index
 
     def winners(self) -> dict[str, Entry]:
@@ -132,8 +143,11 @@ class MaxEntries:
                 del self.map[key]
 
     def close(self) -> None:
-        """Stop listening to the document."""
-        self.doc.unobserve(self._subscription)
+        """Stop listening to the document (reads then rebuild the index every time)."""
+        if self._subscription is not None:
+            self.doc.unobserve(self._subscription)
+            self._subscription = None
+        self._closed = True
 
 
 def parse_entries(doc: Doc, root: str) -> list[Entry]:

@@ -89,6 +89,10 @@ class OwnershipTable:
         """The workloads `owner` currently owns, sorted."""
         return sorted(w for w, e in self._claims.winners().items() if e.writer == owner)
 
+    def close(self) -> None:
+        """Stop observing the document; the view still works, uncached."""
+        self._claims.close()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data: {workload: {"owner": ..., "epoch": ...}}."""
         return {c.workload: {"owner": c.owner, "epoch": c.epoch} for c in self.claims()}

@@ -99,3 +99,34 @@ def test_malformed_entries_are_skipped_by_reads_and_reported(key, raw):
     with pytest.raises(SchemaError) as info:
         parse_entries(doc, "e")
     assert info.value.path.startswith("e[")
+
+
+def test_out_of_order_update_refreshes_the_index():
+    # An update applied across a gap can change the map without advancing the state
+    # vector, so the index must follow transactions, not the state vector.
+    a, b = new_doc(client_id=1), new_doc(client_id=2)
+    ea, eb = MaxEntries(a, "e"), MaxEntries(b, "e")
+    updates: list[bytes] = []
+    a.observe(lambda event: updates.append(event.update))
+    ea.write(Entry("w", 1, "n", None))
+    ea.write(Entry("v", 1, "n", None))
+    ea.write(Entry("w", 2, "n", None))
+    b.apply_update(updates[0])
+    assert eb.winner("w").version == 1
+    b.apply_update(updates[2])  # across the gap left by updates[1]
+    assert eb.winner("w") == Entry("w", 2, "n", None) == ea.winner("w")
+    b.apply_update(updates[1])
+    assert eb.winners() == ea.winners()
+
+
+def test_closed_and_dropped_views():
+    a, b = new_doc(), new_doc()
+    ea, eb = MaxEntries(a, "e"), MaxEntries(b, "e")
+    eb.close()
+    eb.close()  # idempotent
+    ea.write(Entry("x", 1, "n", 1))
+    b.apply_update(a.get_update())
+    assert eb.winner("x") == Entry("x", 1, "n", 1)  # uncached, still right
+    del ea  # the document keeps working after a view is garbage collected
+    a.get("e", type=Map)["plain"] = 1
+    assert MaxEntries(a, "e").winner("x").version == 1
