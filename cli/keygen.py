@@ -21,7 +21,10 @@ from gossip.keyring import KEY_BYTES, key_id, write_key_file
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `keygen` subcommand."""
     parser = sub.add_parser(
-        "keygen", help="write a new random cluster key file", description=__doc__
+        "keygen",
+        help="write a new random cluster key file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="key file to create")
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
