@@ -330,7 +330,8 @@ def test_random_writes_converge_under_loss_duplication_reordering_and_partition(
 
 def test_without_anti_entropy_the_partition_scenario_does_not_converge():
     """Control for the test above: rumours alone do not heal a partition."""
-    net = partitioned_scenario(11, ReplicationConfig(anti_entropy_interval=1e9, resync_delay=0.0))
+    cfg = ReplicationConfig(anti_entropy_interval=1e9, resync_delay=1e9)
+    net = partitioned_scenario(11, cfg)
     for _ in range(30):
         net.round()
     assert not net.converged()
@@ -805,3 +806,19 @@ def test_memory_replica_unknown_document_answers_empty():
     assert not replica.has("x") and list(replica.doc_ids()) == []
     with pytest.raises(LocalError):
         replica.doc("")
+
+
+def test_already_durable_updates_are_acked_once_per_peer_on_the_next_tick():
+    a, b = MemoryReplica(), MemoryReplica()  # memory: durable on arrival
+    rb = Replicator("b", b, random.Random(55), ReplicationConfig(anti_entropy_interval=1e9))
+    rb.tick(0.0, ["a"])  # the first tick starts an exchange; later ones will not
+    for i in range(5):
+        update = write(a, f"d{i}", _hello)
+        sends, _ = rb.receive(0.1, "a", m.DocDiff(f"d{i}", i, 0, 1, update))
+        assert not any(isinstance(x, m.ReplicaAck) for _, x in sends)
+    ((dest, ack),) = rb.tick(0.2, ["a"])
+    assert dest == "a" and isinstance(ack, m.ReplicaAck)
+    assert [(d, sv) for d, sv in ack.entries] == [
+        (f"d{i}", b.state_vector(f"d{i}")) for i in range(5)
+    ]
+    assert rb.tick(0.4, ["a"]) == []
