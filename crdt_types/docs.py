@@ -2,7 +2,8 @@
 
 `new_doc` makes a pycrdt Doc with a fresh random client id unless one is given (a node
 that restarts must write under a new client id; reusing one would make its new writes
-collide with the old history).
+collide with the old history). Pass a seeded `random.Random` for replayable ids; without
+one, pycrdt draws the id. Ids stay below 2**53 so JavaScript Yjs peers could read them.
 
 `MaxEntries` is how cluster settings and ownership claims merge deterministically. A
 plain Y.Map key resolves concurrent writes by client id, which is deterministic but not
@@ -27,6 +28,7 @@ view per document (each view is one observer) and `close()` views you drop.
 from __future__ import annotations
 
 import json
+import random
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +41,10 @@ from crdt_types.values import MAX_INT, check_value, from_stored
 __all__ = ["Entry", "MaxEntries", "entry_key", "new_doc", "parse_entries", "parse_entry"]
 
 
-def new_doc(client_id: int | None = None) -> Doc:
-    """A new pycrdt Doc; a fresh random client id unless `client_id` is given."""
+def new_doc(client_id: int | None = None, *, rng: random.Random | None = None) -> Doc:
+    """A new pycrdt Doc; a fresh random client id (drawn from `rng` if given) by default."""
+    if client_id is None and rng is not None:
+        client_id = rng.randrange(1, MAX_INT)
     if client_id is not None and not (
         isinstance(client_id, int) and not isinstance(client_id, bool) and 0 <= client_id < MAX_INT
     ):

@@ -24,7 +24,8 @@ writes to one memory key, one call's outcome or the cursor resolve by pycrdt's
 deterministic last-writer rule. Only the session's owner writes in normal operation
 (the mesh fences the others), so such races only occur around a takeover.
 
-Numbers read back follow `crdt_types.values.from_stored`: integral numbers come back as
+Reads skip records that do not parse (a buggy or hostile peer can write anything);
+`validate` names them. Numbers read back follow `crdt_types.values.from_stored`: integral numbers come back as
 int, which is what the schema wants for the cursor step.
 """
 
@@ -179,7 +180,7 @@ class SessionState:
 
     def messages(self, start: int = 0, stop: int | None = None) -> list[Message]:
         """Messages[start:stop] in conversation order (slicing avoids reading them all)."""
-        return [_message(raw) for raw in self._messages[start:stop]]
+        return _readable(_message, self._messages[start:stop])
 
     # --- tool calls -----------------------------------------------------------------
 
@@ -241,15 +242,16 @@ class SessionState:
     def tool_call(self, call_id: str) -> ToolCall | None:
         """The tool call `call_id` with its status, or None if it was never started."""
         raw = self._calls.get(call_id) if isinstance(call_id, str) else None
-        return None if raw is None else _tool_call(call_id, raw, self._results.get(call_id))
+        return None if raw is None else _read(_tool_call, call_id, raw, self._results.get(call_id))
 
     def tool_calls(self) -> dict[str, ToolCall]:
         """Every started tool call, by call id (sorted)."""
         results = self._results.to_py() or {}
-        return {
-            call_id: _tool_call(call_id, raw, results.get(call_id))
+        calls = {
+            call_id: _read(_tool_call, call_id, raw, results.get(call_id))
             for call_id, raw in sorted((self._calls.to_py() or {}).items())
         }
+        return {call_id: call for call_id, call in calls.items() if call is not None}
 
     def pending_tool_calls(self) -> list[ToolCall]:
         """The calls started but not finished, sorted by call id: what a successor resumes."""
@@ -313,7 +315,7 @@ class SessionState:
 
     def rag(self) -> list[RagEntry]:
         """The RAG context entries in order."""
-        return [_rag(raw) for raw in self._rag.to_py() or []]
+        return _readable(_rag, self._rag.to_py() or [])
 
     # --- cursor ---------------------------------------------------------------------
 
@@ -330,10 +332,7 @@ class SessionState:
     def cursor(self) -> Cursor | None:
         """The execution cursor, or None if never set."""
         raw = self._cursor.get(_CURSOR_KEY)
-        if not isinstance(raw, dict):
-            return None
-        raw = from_stored(raw)
-        return Cursor(step=raw["step"], label=raw["label"])
+        return None if raw is None else _read(_cursor, raw)
 
     # --- whole state ----------------------------------------------------------------
 
@@ -348,6 +347,27 @@ class SessionState:
             "rag": [_as_dict(r) for r in self.rag()],
             "cursor": None if cursor is None else _as_dict(cursor),
         }
+
+
+def _read(parse: Any, *args: Any) -> Any:
+    # Records come from peers too. A malformed one (which `validate` reports with its
+    # path) is skipped by reads rather than breaking every read of the session.
+    try:
+        return parse(*args)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _readable(parse: Any, raws: Any) -> list[Any]:
+    return [item for item in (_read(parse, raw) for raw in raws) if item is not None]
+
+
+def _cursor(raw: Any) -> Cursor:
+    raw = from_stored(raw)
+    step, label = raw["step"], raw["label"]
+    if not isinstance(step, int) or not isinstance(label, str):
+        raise TypeError("malformed cursor")
+    return Cursor(step=step, label=label)
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from pycrdt import Map
 
@@ -130,3 +132,8 @@ def test_closed_and_dropped_views():
     del ea  # the document keeps working after a view is garbage collected
     a.get("e", type=Map)["plain"] = 1
     assert MaxEntries(a, "e").winner("x").version == 1
+
+
+def test_new_doc_draws_from_a_seeded_rng():
+    ids = [new_doc(rng=random.Random(3)).client_id for _ in range(2)]
+    assert ids[0] == ids[1] and 0 < ids[0] < 2**53

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from pycrdt import Array, Map
 
 from crdt_types.docs import new_doc
 from crdt_types.errors import InvalidValue, LocalError
@@ -224,3 +225,24 @@ def test_concurrent_outcomes_resolve_identically():
     a.doc.apply_update(b.doc.get_update(a.doc.get_state()))
     assert a.tool_call("c1") == b.tool_call("c1")
     assert a.pending_tool_calls() == b.pending_tool_calls() == []
+
+
+def test_malformed_records_from_a_peer_are_skipped_by_reads():
+    s = _session()
+    s.append_message("user", "good")
+    s.start_tool_call("c1", "t", started_by="n")
+    s.add_rag("good")
+    s.set_cursor(1)
+    peer = new_doc()
+    peer.apply_update(s.doc.get_update())
+    # What a buggy peer might write straight into the roots.
+    peer.get("messages", type=Array).append("not a record")
+    peer.get("tool_calls", type=Map)["bad"] = {"name": "t"}
+    peer.get("rag", type=Array).append(7)
+    peer.get("cursor", type=Map)["at"] = {"step": "one"}
+    s.doc.apply_update(peer.get_update(s.doc.get_state()))
+    assert [m.content for m in s.messages()] == ["good"]
+    assert list(s.tool_calls()) == ["c1"] and s.tool_call("bad") is None
+    assert [r.content for r in s.rag()] == ["good"]
+    assert s.cursor() is None
+    assert s.to_dict()["messages"] == [{"role": "user", "content": "good", "metadata": {}}]
