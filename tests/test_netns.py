@@ -197,6 +197,7 @@ def test_cleanup_stale_removes_leftovers_of_a_killed_run_and_spares_live_ones() 
 # --- faults --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_partition_stops_tcp_and_udp_between_sides_and_heal_restores(
     host_network: HostNetwork,
 ) -> None:

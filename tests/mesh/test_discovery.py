@@ -308,6 +308,7 @@ def test_probe_shuts_down_cleanly_on_sigterm() -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.slow
 def test_three_hosts_discover_each_other_on_their_own_interface(
     host_network: HostNetwork,
 ) -> None:
