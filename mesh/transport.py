@@ -75,7 +75,7 @@ def parse_address(address: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise LocalError(f"address {address!r}: write IPv6 hosts as '[host]:port'")
-    if not host or any(c.isspace() for c in host):
+    if not host or not host.isprintable() or " " in host:
         raise LocalError(f"address {address!r} has an invalid host")
     if not port_text.isdigit():
         raise LocalError(f"address {address!r} has a non-numeric port")
@@ -237,7 +237,8 @@ class _Inbox:
             return False
         self._items.append((item, size))
         self._bytes += size
-        self._getters.unpark_all()
+        if self._getters:
+            self._getters.unpark_all()
         return True
 
     async def put(self, item: tuple[str, bytes]) -> None:
@@ -255,7 +256,8 @@ class _Inbox:
             await self._getters.park()
         item, size = self._items.popleft()
         self._bytes -= size
-        self._putters.unpark_all()
+        if self._putters:
+            self._putters.unpark_all()
         return item
 
     def close(self) -> None:
@@ -466,12 +468,16 @@ class Transport:
     def send(self, address: str, frame: bytes) -> bool:
         """Queue a frame for `address` over TCP; False if it was dropped (counted)."""
         self._check_open()
-        host, port = parse_address(address)
         data = _as_frame(frame, framing.MAX_FRAME_BYTES, "frame")
-        if port == 0:
-            raise LocalError(f"address {address!r}: cannot send to port 0")
-        key = format_address(host, port)
-        peer = self._peers.get(key)
+        # Fast path: an address already known in its canonical form was checked when
+        # its peer was created; gossip sends to the same few addresses all the time.
+        peer = self._peers.get(address) if isinstance(address, str) else None
+        if peer is None:
+            host, port = parse_address(address)
+            if port == 0:
+                raise LocalError(f"address {address!r}: cannot send to port 0")
+            key = format_address(host, port)
+            peer = self._peers.get(key)
         if peer is None:
             if len(self._peers) >= self._cfg.max_peers:
                 self.stats.dropped["peer_limit"] += 1
@@ -764,12 +770,14 @@ class Transport:
             for payload in frames:
                 self.stats.frames_received += 1
                 self.stats.bytes_received += len(payload)
-                try:
-                    # Waiting here is the back-pressure: this connection stops being read
-                    # until the consumer catches up, and its sender's kernel buffer fills.
-                    await self._inbox.put((src, payload))
-                except trio.ClosedResourceError:
-                    return "shutdown"
+                # receive_some() above already checkpointed, so the common case skips
+                # put()'s. Waiting in put() is the back-pressure: this connection stops
+                # being read until the consumer catches up, and its sender's buffer fills.
+                if not self._inbox.put_nowait((src, payload)):
+                    try:
+                        await self._inbox.put((src, payload))
+                    except trio.ClosedResourceError:
+                        return "shutdown"
             if not decoder.buffered:
                 frame_started = None
             elif frames or frame_started is None:

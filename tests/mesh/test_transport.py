@@ -8,8 +8,11 @@ a test is bounded by `trio.fail_after`, and no assertion is about speed.
 from __future__ import annotations
 
 import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -140,7 +143,7 @@ async def test_reconnects_after_peer_restarts_on_same_port():
             assert got == b"before"
         # b1 is gone: A notices the EOF and later connects refuse until b2 is up.
         await wait_until(lambda: a.connections["outbound"] == 0, "A sees the old connection end")
-        assert a.send(f"127.0.0.1:{port}", b"while down") in (True, False)
+        a.send(f"127.0.0.1:{port}", b"while down")
         await wait_until(lambda: a.stats.connect_failures["error"] >= 1, "a refused connect")
         async with Transport(f"127.0.0.1:{port}", config=CALM) as b2:
             received: list[bytes] = []
@@ -194,6 +197,76 @@ async def test_ipv6_loopback_round_trip():
         assert a.send_datagram(b.address, b"over udp")
         got = sorted(f for _, f in await receive_n(b, 2))
     assert got == [b"over tcp", b"over udp"]
+
+
+# A peer in its own process: prints its address, then one line per frame received.
+CHILD = """
+import sys, trio
+from mesh.transport import Transport
+async def main():
+    async with Transport(sys.argv[1]) as t:
+        print(t.address, flush=True)
+        async for _, f in t.incoming():
+            print(f.decode(), flush=True)
+trio.run(main)
+"""
+
+
+class ChildPeer:
+    """A transport in a child process, read line by line; killed with SIGKILL by pid."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self._buf = b""
+
+    @classmethod
+    async def start(cls, bind: str) -> ChildPeer:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-c", CHILD, bind], stdout=subprocess.PIPE
+        )
+        return cls(proc)
+
+    async def readline(self) -> str:
+        with trio.fail_after(WAIT):
+            while b"\n" not in self._buf:
+                data = await self.proc.stdout.receive_some(4096)
+                assert data, f"child exited with {self.proc.poll()}"
+                self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        with trio.fail_after(WAIT):
+            await self.proc.wait()
+        await self.proc.stdout.aclose()
+
+
+async def test_reconnects_after_peer_process_is_killed_and_restarted():
+    async with Transport(config=CALM) as a:
+        child = await ChildPeer.start("127.0.0.1:0")
+        try:
+            address = await child.readline()
+            assert a.send(address, b"hello")
+            assert await child.readline() == "hello"
+        finally:
+            await child.kill()
+        assert child.proc.returncode == -signal.SIGKILL
+        # The kernel closed the dead process's sockets; A sees its connection end.
+        await wait_until(lambda: a.connections["outbound"] == 0, "A notices the kill")
+        child = await ChildPeer.start(address)
+        try:
+            assert await child.readline() == address
+            for i in range(200):  # bounded: 200 x 20 ms
+                a.send(address, b"again %d" % i)
+                await trio.sleep(0.02)
+                if a.stats.frames_sent >= 2:
+                    break
+            assert (await child.readline()).startswith("again")
+        finally:
+            await child.kill()
+        assert a.stats.connections_opened["outbound"] == 2
 
 
 # --- send queues -------------------------------------------------------------------------
