@@ -369,7 +369,7 @@ async def test_close_flushes_queued_frames():
     assert [f for _, f in got] == sent
 
 
-async def test_close_is_bounded_when_peer_unreachable():
+async def test_close_is_bounded_when_peer_stops_reading():
     hole = socket.socket()
     hole.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     hole.bind(("127.0.0.1", 0))
