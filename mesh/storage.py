@@ -247,6 +247,8 @@ class Store:
                 if str(mode).lower() != "wal":
                     raise StorageError(f"{path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous=FULL")
+            # Damaged text must not turn into a decode error deep inside a read.
+            conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
             if not readonly:
                 conn.executescript(_SCHEMA)
                 _init_meta(conn, node_name)
@@ -522,12 +524,14 @@ class Store:
             conn.execute("BEGIN")
             try:
                 ckpts = conn.execute(
-                    "SELECT upto_seq, data, checksum FROM checkpoints WHERE doc_id = ?"
+                    "SELECT upto_seq, CAST(data AS BLOB), CAST(checksum AS BLOB)"
+                    " FROM checkpoints WHERE doc_id = ?"
                     " ORDER BY upto_seq DESC",
                     (doc_id,),
                 ).fetchall()
                 rows = conn.execute(
-                    "SELECT first_seq, last_seq, data, checksum FROM log WHERE doc_id = ?"
+                    "SELECT first_seq, last_seq, CAST(data AS BLOB), CAST(checksum AS BLOB)"
+                    " FROM log WHERE doc_id = ?"
                     " ORDER BY first_seq",
                     (doc_id,),
                 ).fetchall()

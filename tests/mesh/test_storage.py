@@ -1,0 +1,410 @@
+"""The synchronous store: appends, rebuilds, client ids, checkpoints, damage, bad input, full disk."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pycrdt
+import pytest
+
+from crdt_types.errors import CorruptRecord, DiskFull, InvalidValue, StorageError, StoreClosed
+from crdt_types.fingerprint import fingerprint_hex
+from mesh import storage
+from mesh.storage import DB_NAME, Store, _state_vector_clients
+
+
+class Writer:
+    """A pycrdt document whose updates are captured, as a node's session writes them."""
+
+    def __init__(self, client_id: int | None = None) -> None:
+        self.doc = pycrdt.Doc(client_id=client_id)
+        self.memory = self.doc.get("memory", type=pycrdt.Map)
+        self.updates: list[bytes] = []
+        self.doc.observe(lambda event: self.updates.append(event.update))
+
+    def set(self, key: str, value: object) -> bytes:
+        with self.doc.transaction():
+            self.memory[key] = value
+        return self.updates[-1]
+
+
+def memory_of(doc: pycrdt.Doc) -> dict:
+    return doc.get("memory", type=pycrdt.Map).to_py()
+
+
+def fill(store: Store, doc_id: str, n: int, writer: Writer | None = None) -> Writer:
+    writer = writer or Writer()
+    for i in range(n):
+        store.append(doc_id, writer.set(f"k{i}", i))
+    return writer
+
+
+def test_append_numbers_each_document_densely_and_continues_after_reopen(tmp_path: Path) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        assert store.append("session/a", w.set("x", 1)) == 1
+        assert store.append_many(
+            [
+                ("session/a", w.set("y", 2)),
+                ("session/b", w.set("z", 3)),
+                ("session/a", w.set("q", 4)),
+            ]
+        ) == [2, 1, 3]
+        assert store.documents() == ["session/a", "session/b"]
+    with Store.open(tmp_path) as store:
+        assert store.last_seq("session/a") == 3
+        assert store.append("session/a", w.set("r", 5)) == 4
+        info = store.info("session/a")
+        assert (info.records, info.updates, info.last_seq) == (3, 4, 4)
+
+
+def test_load_rebuilds_content_with_a_fresh_recorded_client_id(tmp_path: Path) -> None:
+    w = Writer(client_id=77)
+    with Store.open(tmp_path, rng=random.Random(5)) as store:
+        fill(store, "session/a", 20, w)
+        first = store.recover("session/a")
+        second = store.recover("session/a")
+    assert memory_of(first.doc) == memory_of(w.doc)
+    assert fingerprint_hex(first.doc) == fingerprint_hex(w.doc)
+    assert first.client_id != second.client_id
+    assert first.doc.client_id == first.client_id
+    # The fresh id is neither the writer's nor anything else in the document's history.
+    assert first.client_id not in _state_vector_clients(first.doc.get_state())
+    with Store.open(tmp_path) as store:
+        assert {first.client_id, second.client_id} <= store.used_client_ids()
+        # Writing with the fresh id extends the document without clashing with history.
+        memory = first.doc.get("memory", type=pycrdt.Map)
+        updates: list[bytes] = []
+        first.doc.observe(lambda e: updates.append(e.update))
+        memory["after-restart"] = "yes"
+        store.append("session/a", updates[-1])
+        assert memory_of(store.load("session/a"))["after-restart"] == "yes"
+
+
+def test_client_ids_are_never_handed_out_twice(tmp_path: Path) -> None:
+    # A seeded rng that repeats itself: the store must skip the ids it already recorded.
+    class Repeating(random.Random):
+        def __init__(self) -> None:
+            super().__init__(1)
+            self.values = [5, 5, 5, 9]
+
+        def randint(self, a: int, b: int) -> int:
+            return self.values.pop(0) if self.values else super().randint(a, b)
+
+    with Store.open(tmp_path, rng=Repeating()) as store:
+        assert store.new_client_id() == 5
+        assert store.new_client_id() == 9
+    with Store.open(tmp_path, rng=Repeating()) as store:
+        ids = {store.new_client_id() for _ in range(3)}
+    assert not ids & {5, 9}
+
+
+def test_load_all_returns_every_document(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        writers = {d: fill(store, d, 5) for d in ("session/a", "session/b", "cluster")}
+        docs = store.load_all()
+    assert set(docs) == set(writers)
+    for doc_id, w in writers.items():
+        assert memory_of(docs[doc_id]) == memory_of(w.doc)
+
+
+def test_checkpoint_compacts_and_keeps_two_generations(tmp_path: Path) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 10, w)
+        assert store.checkpoint("session/a") == 10
+        assert store.checkpoint("session/a") == 10  # nothing new: no second checkpoint
+        for i in range(10, 15):
+            store.append("session/a", w.set(f"k{i}", i))
+        assert store.checkpoint("session/a") == 15
+        # Two checkpoints kept; the log is pruned only below the older one.
+        info = store.info("session/a")
+        assert info.checkpoints == 2
+        assert info.updates == 5
+        store.append("session/a", w.set("tail", True))
+        assert store.checkpoint("session/a") == 16
+        assert store.info("session/a").checkpoints == 2
+    with Store.open(tmp_path) as store:
+        loaded = store.recover("session/a")
+        assert loaded.checkpoint_seq == 16
+        assert memory_of(loaded.doc) == memory_of(w.doc)
+        assert store.append("session/a", w.set("more", 1)) == 17
+
+
+def test_damaged_newest_checkpoint_falls_back_and_is_reported(tmp_path: Path) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 6, w)
+        store.checkpoint("session/a")
+        fill(store, "session/a", 3, w)
+        store.checkpoint("session/a")
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute(
+            "UPDATE checkpoints SET data = data || x'00' WHERE upto_seq = (SELECT MAX(upto_seq)"
+            " FROM checkpoints)"
+        )
+    with Store.open(tmp_path) as store:
+        loaded = store.recover("session/a")
+        assert memory_of(loaded.doc) == memory_of(w.doc)  # older checkpoint + log
+        assert loaded.checkpoint_seq == 6
+        assert any("checkpoint fails its checksum" in p for p in loaded.problems)
+        report = store.verify()
+        assert not report.ok
+        assert "session/a" in report.documents[0].error
+
+
+def _tamper(tmp_path: Path, sql: str, *params: object) -> None:
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute(sql, params).rowcount == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # flipped bytes in the data of record 3 (as a direct SQL write would do)
+        "UPDATE log SET data = CAST(data AS BLOB) || x'01' WHERE doc_id = 'session/a' AND first_seq = 3",
+        "UPDATE log SET checksum = zeroblob(32) WHERE doc_id = 'session/a' AND first_seq = 3",
+        "UPDATE log SET data = 'text, not a blob' WHERE doc_id = 'session/a' AND first_seq = 3",
+        "UPDATE log SET last_seq = 4 WHERE doc_id = 'session/a' AND first_seq = 3",
+        "DELETE FROM log WHERE doc_id = 'session/a' AND first_seq = 3",
+    ],
+    ids=["data", "checksum", "type", "seq", "missing"],
+)
+def test_damaged_record_is_named_and_nothing_after_it_is_applied(tmp_path: Path, sql: str) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 6, w)  # six records, seq 1..6
+        other = fill(store, "session/b", 3)
+    _tamper(tmp_path, sql)
+    with Store.open(tmp_path) as store:
+        with pytest.raises(CorruptRecord) as info:
+            store.load("session/a")
+        assert info.value.doc_id == "session/a"
+        assert info.value.seq == 3
+        assert "session/a" in str(info.value) and "record 3" in str(info.value)
+        # What was acknowledged before the bad record is kept; nothing after it applied.
+        salvaged = store.recover("session/a", salvage=True)
+        assert memory_of(salvaged.doc) == {"k0": 0.0, "k1": 1.0}
+        assert salvaged.upto_seq == 2
+        assert salvaged.error is not None and salvaged.error.seq == 3
+        # Other documents are untouched, and the damage shows in verify().
+        assert memory_of(store.load("session/b")) == memory_of(other.doc)
+        report = store.verify()
+        assert not report.ok
+        bad = {d.id: d.error for d in report.documents}
+        assert bad["session/b"] is None and "record 3" in bad["session/a"]
+        # Checkpointing over damage would bake the loss in: refused.
+        with pytest.raises(CorruptRecord):
+            store.checkpoint("session/a")
+
+
+def test_flipped_bytes_in_the_file_are_detected(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        w = Writer()
+        # A distinctive value so its bytes can be found in the file.
+        store.append("session/a", w.set("k", "needle-" * 40))
+        store.append("session/a", w.set("j", 1))
+    raw = (tmp_path / DB_NAME).read_bytes()
+    wal = Path(str(tmp_path / DB_NAME) + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # closed: WAL folded into the file
+    at = raw.find(b"needle-needle")
+    assert at > 0
+    damaged = bytearray(raw)
+    damaged[at + 5] ^= 0x10
+    (tmp_path / DB_NAME).write_bytes(bytes(damaged))
+    with Store.open(tmp_path) as store:
+        with pytest.raises(CorruptRecord) as info:
+            store.load("session/a")
+        assert (info.value.doc_id, info.value.seq) == ("session/a", 1)
+
+
+def test_unreadable_database_file_is_a_clear_storage_error(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 3)
+    db = tmp_path / DB_NAME
+    db.write_bytes(b"this is not a database" + bytes(4096))
+    with pytest.raises(StorageError) as info:
+        Store.open(tmp_path)
+    assert type(info.value) is StorageError
+    assert str(db) in str(info.value) and "damaged" in str(info.value)
+
+
+def test_truncated_database_file_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        w = Writer()
+        for i in range(300):
+            store.append(f"session/{i % 7}", w.set(f"k{i}", "x" * 200))
+    db = tmp_path / DB_NAME
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    try:
+        store = Store.open(tmp_path)
+    except StorageError as exc:
+        assert "damaged" in str(exc)
+        return
+    with store:
+        report = store.verify()
+        assert not report.ok
+        assert report.errors or any(d.error for d in report.documents)
+
+
+def test_missing_directory_and_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        Store.open(tmp_path / "nope", create=False)
+    with pytest.raises(StorageError, match="missing"):
+        Store.open(tmp_path, create=False)
+    with pytest.raises(StorageError, match="missing"):
+        Store.open(tmp_path, readonly=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError):
+        Store.open(tmp_path / "file")
+
+
+def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'format'")
+    with pytest.raises(StorageError, match="format '99'"):
+        Store.open(tmp_path)
+
+
+BAD_APPENDS = [
+    (b"", b"\x00\x00", "document id must be a str"),
+    ("", None, "must not be empty"),
+    ("a\x00b", None, "NUL"),
+    ("x" * 300, None, "more than 256"),
+    ("\ud800", None, "UTF-8"),
+    ("session/a", "text", "must be bytes"),
+    ("session/a", b"", "must not be empty"),
+    ("session/a", b"\xff\xff\xff garbage", "does not decode"),
+]
+
+
+@pytest.mark.parametrize(("doc_id", "update", "message"), BAD_APPENDS)
+def test_bad_input_is_refused_and_changes_nothing(
+    tmp_path: Path, doc_id: object, update: object, message: str
+) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        store.append("session/a", w.set("kept", 1))
+        good = w.set("good", 2)
+        with pytest.raises(InvalidValue, match=message):
+            # A bad item spoils its whole call, and only that call.
+            store.append_many(
+                [("session/a", good), (doc_id, update if update is not None else good)]
+            )
+        assert store.documents() == ["session/a"]
+        assert store.last_seq("session/a") == 1
+        assert store.append("session/a", good) == 2
+        assert memory_of(store.load("session/a")) == {"kept": 1.0, "good": 2.0}
+
+
+def test_oversized_update_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "MAX_UPDATE_BYTES", 64)
+    with Store.open(tmp_path) as store:
+        with pytest.raises(InvalidValue, match="more than 64"):
+            store.append("session/a", Writer().set("k", "v" * 100))
+        with pytest.raises(InvalidValue, match="max_record_updates"):
+            store.append_many([("session/a", Writer().set("k", 1))], max_record_updates=0)
+        assert store.documents() == []
+
+
+def test_closed_and_read_only_stores_refuse_use(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    fill(store, "session/a", 2)
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreClosed):
+        store.append("session/a", Writer().set("k", 1))
+    with pytest.raises(StoreClosed):
+        store.load("session/a")
+    with Store.open(tmp_path, readonly=True) as ro:
+        assert memory_of(ro.load("session/a")) == {"k0": 0.0, "k1": 1.0}
+        with pytest.raises(InvalidValue, match="read-only"):
+            ro.append("session/a", Writer().set("k", 1))
+        with pytest.raises(InvalidValue, match="read-only"):
+            ro.checkpoint("session/a")
+
+
+def test_records_hold_batches_and_max_record_updates_splits_them(tmp_path: Path) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        seqs = store.append_many([("session/a", w.set(f"k{i}", i)) for i in range(10)])
+        assert seqs == list(range(1, 11))
+        assert store.info("session/a").records == 1
+        store.append_many(
+            [("session/a", w.set(f"j{i}", i)) for i in range(10)], max_record_updates=3
+        )
+        assert store.info("session/a").records == 1 + 4
+        assert memory_of(store.load("session/a")) == memory_of(w.doc)
+
+
+# --- full disk -------------------------------------------------------------------------------
+
+
+def _fill_until_full(store: Store, doc_id: str, w: Writer) -> tuple[int, dict]:
+    acked = 0
+    for i in range(100_000):
+        try:
+            store.append(doc_id, w.set(f"k{i}", "x" * 2000))
+        except DiskFull:
+            # The refused write never happened for the reader: drop it from the expectation.
+            w.memory.pop(f"k{i}")
+            break
+        acked = i + 1
+    else:
+        raise AssertionError("the disk never filled up")
+    return acked, {k: v for k, v in memory_of(w.doc).items()}
+
+
+def _check_after_full(store: Store, doc_id: str, acked: int, expected: dict) -> None:
+    assert acked > 0
+    assert store.last_seq(doc_id) == acked
+    loaded = store.recover(doc_id)
+    assert loaded.upto_seq == acked
+    assert memory_of(loaded.doc) == expected
+    assert store.verify(schema=False).ok
+
+
+def test_full_disk_simulated_with_max_page_count(tmp_path: Path) -> None:
+    """SQLite's `PRAGMA max_page_count` stands in for a full disk (SQLITE_FULL)."""
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        store._conn.execute("PRAGMA max_page_count = 40")
+        acked, expected = _fill_until_full(store, "session/full", w)
+        _check_after_full(store, "session/full", acked, expected)
+        # Room again: appends resume with the next sequence number, nothing skipped.
+        store._conn.execute("PRAGMA max_page_count = 100000")
+        assert store.append("session/full", w.set("after", 1)) == acked + 1
+
+
+def _mount_tmpfs(path: Path, size: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"mount failed: {exc}"
+    return None if done.returncode == 0 else f"mount -t tmpfs failed: {done.stderr.decode()}"
+
+
+def test_full_disk_on_a_tiny_tmpfs(tmp_path: Path) -> None:
+    """A real full file system: a 512 KiB tmpfs (needs root and mount; skipped otherwise)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    reason = _mount_tmpfs(mnt, "512k")
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        w = Writer()
+        with Store.open(mnt) as store:
+            acked, expected = _fill_until_full(store, "session/full", w)
+            _check_after_full(store, "session/full", acked, expected)
+        with Store.open(mnt, readonly=True) as store:
+            assert store.last_seq("session/full") == acked
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
