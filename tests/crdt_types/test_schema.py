@@ -119,13 +119,14 @@ def _corrupt(mutate):
             "rag[1].score",
         ),
         (
-            lambda d: d.get("cursor", type=Map).__setitem__("at", {"step": -1, "label": ""}),
-            "cursor.at.step",
+            lambda d: d.get("cursor", type=Array).append({"step": -1, "label": ""}),
+            "cursor[1].step",
         ),
         (
-            lambda d: d.get("cursor", type=Map).__setitem__("at", {"step": 1.5, "label": ""}),
-            "cursor.at.step",
+            lambda d: d.get("cursor", type=Array).append({"step": 1.5, "label": ""}),
+            "cursor[1].step",
         ),
+        (lambda d: d.get("cursor", type=Array).append({"step": 1, "label": 2}), "cursor[1].label"),
         (lambda d: d.get("cursor", type=Map).__setitem__("other", 1), "cursor"),
         (lambda d: d.get("meta", type=Map).__setitem__("session_id", "s2"), "meta.session_id"),
         (lambda d: d.get("meta", type=Map).__setitem__("schema", 99), "meta.schema"),
@@ -133,7 +134,8 @@ def _corrupt(mutate):
         # Content written under the other shape of an expected root, or an unknown root.
         (lambda d: d.get("memory", type=Array).append(1), "memory"),
         (lambda d: d.get("messages", type=Map).__setitem__("x", 1), "messages"),
-        (lambda d: d.get("cursor", type=Text).insert(0, "abc"), "cursor"),
+        (lambda d: d.get("memory", type=Text).insert(0, "abc"), "memory"),
+        (lambda d: d.get("cursor", type=Text).insert(0, "abc"), "cursor[0]"),
         (lambda d: d.get("surprise", type=Map).__setitem__("x", 1), "surprise"),
         (lambda d: d.get("surprise2", type=Text).insert(0, "x"), "surprise2"),
     ],
