@@ -689,6 +689,7 @@ class Transport:
     async def _outbound_reader(self, peer: _Peer, conn: _Conn, scope: trio.CancelScope) -> None:
         # Peers answer over their own connections, so this mostly waits for EOF: noticing
         # it promptly means the next frame goes over a fresh connection, not into a dead one.
+        # No idle deadline is needed: the writer closes the connection after outbound_idle.
         reason = await self._read_frames(conn.stream, peer.address, idle_timeout=None)
         conn.reason = reason
         scope.cancel()
