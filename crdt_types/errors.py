@@ -97,6 +97,28 @@ class BadFrame(RemoteError):
         self.detail = detail
 
 
+# --- secrets -----------------------------------------------------------------------------
+
+
+class SecretUnreadable(RemoteError):
+    """A sealed secret cannot be opened here; `reason` is one of `REASONS` (never the value)."""
+
+    REASONS = (
+        "unknown_key",  # sealed with a cluster key that is not (or no longer) in our keyring
+        "auth",  # AEAD tag does not verify: tampered, moved to another name, or a wrong key
+        "format",  # not a sealed secret of a version we know
+    )
+
+    def __init__(self, name: str, reason: str, detail: str = "") -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown SecretUnreadable reason {reason!r}")
+        super().__init__(
+            f"secret {name!r} cannot be opened ({reason})" + (f": {detail}" if detail else "")
+        )
+        self.name = name
+        self.reason = reason
+
+
 # --- ownership and commits ---------------------------------------------------------------
 
 
