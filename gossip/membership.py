@@ -306,12 +306,26 @@ class Membership:
         self._next_push_pull = now + self._rng.random() * self.config.push_pull_interval
         self._next_reconnect = now + self.config.reconnect_interval
         self._next_reap = now + _REAP_CHECK
+        # Announce ourselves by gossip too (memberlist does): a member that hears of us only
+        # through a seed's push-pull does not re-gossip us, so without this the others
+        # would learn of us only at their next push-pull, up to push_pull_interval later.
+        self._queue(self.me.update())
         self._join()
 
     def _join(self) -> None:
         sync = MembershipSync((self.me.update(),), True)
         for address in self._seeds:
             self._outbox.append((address, sync))
+
+    def join(self, addresses: Sequence[str]) -> None:
+        """Push-pull with peers found after start (discovery); skips addresses of live members."""
+        if not self._started or self.leaving:
+            return
+        live = {self.members[n].address for n in self._live.items}
+        for address in addresses:
+            _check_address(address)
+            if address != self.me.address and address not in live:
+                self._send_sync(address, reply=True)
 
     def next_deadline(self) -> float:
         """Earliest time at which `tick` has something to do."""

@@ -141,6 +141,11 @@ class Node:
             raise LocalError("this node has no replica")
         return self._flush(self._resolve(self.replicator.on_durable(now, doc_id)))
 
+    def join(self, now: float, addresses: Sequence[str]) -> Output:
+        """Contact peers found after start (mDNS, a seed added at runtime) with a push-pull."""
+        self.membership.join(addresses)
+        return self._flush([])
+
     def leave(self, now: float) -> Output:
         """Leave gracefully: members will see `left`, not `dead` (no failover)."""
         self.left = True

@@ -1,0 +1,142 @@
+"""The peer's small HTTP/1.1 server: h11 (sans-IO) driven by trio sockets.
+
+`serve_http(mesh, "host:port")` answers GET requests from the `ROUTES` table with JSON,
+one request per connection (`Connection: close`), which keeps the server a screenful long
+and is all that probes and `statemesh status` need. Routes are plain functions
+`(mesh, path) -> (status code, JSON-able object)`; the operations work adds /livez,
+/readyz, /healthz and /metrics by adding entries (`ROUTES[path] = handler`), and
+prefix routes (`PREFIX_ROUTES`) serve paths with an argument (`/documents/<id>`).
+
+Invariants: the server binds exactly where it is told; every connection has one overall
+deadline (`REQUEST_TIMEOUT`), request heads are capped (`MAX_HEAD_BYTES`, h11 enforces
+it), bodies are not read (GET only), and at most `MAX_CONNECTIONS` are served at once, so
+a slow or hostile client costs a bounded amount and never blocks the mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import h11
+import trio
+
+from crdt_types.errors import LocalError
+from mesh.transport import format_address, parse_address
+
+__all__ = ["PREFIX_ROUTES", "ROUTES", "serve_http"]
+
+REQUEST_TIMEOUT = 10.0
+MAX_HEAD_BYTES = 16 * 1024
+MAX_CONNECTIONS = 64
+_READ = 16 * 1024
+
+Handler = Callable[[Any, str], tuple[int, Any]]
+
+
+def _status(mesh: Any, _path: str) -> tuple[int, Any]:
+    return 200, mesh.status()
+
+
+def _documents(mesh: Any, _path: str) -> tuple[int, Any]:
+    return 200, mesh.documents()
+
+
+def _document(mesh: Any, path: str) -> tuple[int, Any]:
+    doc_id = unquote(path[len("/documents/") :])
+    doc = mesh.document(doc_id)
+    if doc is None:
+        return 404, {"error": f"no document {doc_id!r}"}
+    return 200, doc
+
+
+ROUTES: dict[str, Handler] = {"/status": _status, "/documents": _documents}
+PREFIX_ROUTES: dict[str, Handler] = {"/documents/": _document}
+
+
+def _route(mesh: Any, method: str, target: str) -> tuple[int, Any]:
+    path = urlsplit(target).path
+    if method not in ("GET", "HEAD"):
+        return 405, {"error": f"method {method} not allowed"}
+    handler = ROUTES.get(path)
+    if handler is None:
+        for prefix, candidate in PREFIX_ROUTES.items():
+            if path.startswith(prefix) and len(path) > len(prefix):
+                handler = candidate
+                break
+    if handler is None:
+        return 404, {"error": f"no route {path}"}
+    return handler(mesh, path)
+
+
+async def _serve_one(mesh: Any, stream: trio.SocketStream) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    with trio.move_on_after(REQUEST_TIMEOUT):
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(_READ))
+                    continue
+                break
+            if isinstance(event, h11.Request):
+                status, obj = _route(mesh, event.method.decode(), event.target.decode())
+            else:
+                status, obj = 400, {"error": "expected a request"}
+        except h11.RemoteProtocolError as exc:
+            status, obj = exc.error_status_hint, {"error": str(exc)}
+            # h11 will not answer a request it could not parse; a fresh connection primed
+            # with a minimal request lets us send the error through the same code path.
+            conn = h11.Connection(h11.SERVER)
+            conn.receive_data(b"GET / HTTP/1.0\r\n\r\n")
+            conn.next_event()
+        except Exception as exc:  # a handler bug must not take the mesh down
+            status, obj = 500, {"error": f"{type(exc).__name__}: {exc}"}
+        body = (json.dumps(obj, sort_keys=True) + "\n").encode()
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
+        try:
+            data = conn.send(h11.Response(status_code=status, headers=headers))
+            data += conn.send(h11.Data(data=body))
+            data += conn.send(h11.EndOfMessage())
+            await stream.send_all(data)
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away or spoke nonsense: nothing left to tell it
+    await trio.aclose_forcefully(stream)
+
+
+async def serve_http(
+    mesh: Any, address: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve `ROUTES` on `address` ("host:port"); reports the bound address when started."""
+    host, port = parse_address(address)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise LocalError(f"cannot bind http {address}: {exc}") from exc
+    bound = listeners[0].socket.getsockname()
+    limit = trio.Semaphore(MAX_CONNECTIONS)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        if limit.value == 0:
+            # Over the limit: refuse at once rather than queue without bound.
+            await trio.aclose_forcefully(stream)
+            return
+        async with limit:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await _serve_one(mesh, stream)
+
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(trio.serve_listeners, handler, listeners)
+        except BaseException:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
+        task_status.started(format_address(bound[0], bound[1]))

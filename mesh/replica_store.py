@@ -1,0 +1,204 @@
+"""The durable `ReplicaPort`: the node's pycrdt documents, every change logged to SQLite.
+
+`DurableReplica` holds the documents loaded from the node's `AsyncStore` and observes each
+one (`doc.observe`). Whatever changes a document, a local write through a `Session` or a
+remote update the `Replicator` applies, fires the observer, which only records
+`(doc_id, update, local)` in a queue: observers must not raise (an exception would come
+back as an ExceptionGroup from the writer's transaction) and must not do I/O. The runtime
+then calls `drain()`, which submits every queued update to the store's group commit and
+returns the changes, so that local ones can start rumours (`Node.local_update`) and
+remote ones do not echo. `durable_state_vector` is what has been fsync'd: the state
+vector each document had when its last drained update was submitted, promoted by
+`mark_durable` once that update's batch committed. Replica acks therefore never claim
+more than the disk holds.
+
+Invariants:
+
+* Every document lives on the trio thread; nothing here is thread-safe, nothing blocks.
+* `apply` either integrates a remote update or raises `RemoteError` with the document
+  unchanged (pycrdt rejects garbage before changing anything; a Rust panic surfaces as a
+  BaseException and is turned into `RemoteError` as well).
+* A remote change is told apart from a local one by a flag set only for the duration of
+  `apply`; the observer runs synchronously inside that call.
+* New documents get pycrdt client ids the store recorded durably (a small pool refilled
+  off the event loop), so a client id is never reused with a different history. If the
+  pool is empty (a burst of new remote documents), pycrdt's random id is used: those
+  documents are only written to by peers until a restart, which draws a fresh id anyway.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pycrdt
+
+from crdt_types.errors import LocalError, RemoteError
+from crdt_types.fingerprint import fingerprint as _fingerprint
+from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE
+from mesh.storage import AsyncStore, Pending
+
+__all__ = ["Change", "DurableReplica"]
+
+CLIENT_ID_POOL = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One transaction on one document: its update, and whether this node wrote it."""
+
+    doc_id: str
+    update: bytes
+    local: bool
+
+
+class DurableReplica:
+    """`ReplicaPort` over the node's documents, logging every change to an `AsyncStore`."""
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        docs: dict[str, pycrdt.Doc],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self._docs: dict[str, pycrdt.Doc] = {}
+        self._subs: dict[str, object] = {}
+        self._changes: deque[Change] = deque()
+        self._fingerprints: dict[str, bytes] = {}
+        self._durable: dict[str, bytes] = {}
+        self._remote = False
+        self._on_change = on_change
+        self.client_ids: list[int] = []
+        self._empty_fingerprint = _fingerprint(pycrdt.Doc())
+        for doc_id, doc in docs.items():
+            self._adopt(doc_id, doc)
+            # Loaded from disk: all of it is durable.
+            self._durable[doc_id] = doc.get_state()
+
+    # -- local use (the runtime) --------------------------------------------------------
+
+    def _adopt(self, doc_id: str, doc: pycrdt.Doc) -> None:
+        self._docs[doc_id] = doc
+
+        def observe(event: pycrdt.TransactionEvent) -> None:
+            # Only record: see the module docstring for why nothing else happens here.
+            self._fingerprints.pop(doc_id, None)
+            self._changes.append(Change(doc_id, event.update, not self._remote))
+            self._on_change()
+
+        self._subs[doc_id] = doc.observe(observe)
+
+    def doc(self, doc_id: str) -> pycrdt.Doc | None:
+        """The document `doc_id`, or None if this replica does not hold it."""
+        return self._docs.get(doc_id)
+
+    def create(self, doc_id: str, client_id: int | None = None) -> pycrdt.Doc:
+        """Create an empty document (a recorded client id from the pool unless given)."""
+        if not isinstance(doc_id, str) or not doc_id:
+            raise LocalError(f"document id must be a non-empty string, not {doc_id!r}")
+        if doc_id in self._docs:
+            raise LocalError(f"document {doc_id!r} exists")
+        if client_id is None and self.client_ids:
+            client_id = self.client_ids.pop()
+        doc = pycrdt.Doc(client_id=client_id) if client_id is not None else pycrdt.Doc()
+        self._adopt(doc_id, doc)
+        self._durable[doc_id] = EMPTY_STATE_VECTOR
+        return doc
+
+    def drain(self) -> list[tuple[Change, Pending]]:
+        """Submit every queued change to the store; return (change, pending) in order."""
+        out = []
+        while self._changes:
+            change = self._changes.popleft()
+            out.append((change, self.store.submit(change.doc_id, change.update)))
+        return out
+
+    @property
+    def queued(self) -> int:
+        """Changes observed and not yet drained."""
+        return len(self._changes)
+
+    def mark_durable(self, doc_id: str, state_vector: bytes) -> None:
+        """Record that `state_vector` of `doc_id` is on disk."""
+        self._durable[doc_id] = state_vector
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._docs
+
+    def close(self) -> None:
+        """Stop observing every document (the documents stay readable)."""
+        for doc_id, sub in self._subs.items():
+            self._docs[doc_id].unobserve(sub)
+        self._subs.clear()
+
+    # -- ReplicaPort ----------------------------------------------------------------------
+
+    def doc_ids(self) -> Iterable[str]:
+        """Every document this replica holds."""
+        return self._docs.keys()
+
+    def state_vector(self, doc_id: str) -> bytes:
+        """The encoded state vector of `doc_id`, `EMPTY_STATE_VECTOR` if unknown."""
+        doc = self._docs.get(doc_id)
+        return EMPTY_STATE_VECTOR if doc is None else doc.get_state()
+
+    def fingerprint(self, doc_id: str) -> bytes:
+        """The convergence fingerprint of `doc_id` (cached until the document changes)."""
+        cached = self._fingerprints.get(doc_id)
+        if cached is not None:
+            return cached
+        doc = self._docs.get(doc_id)
+        if doc is None:
+            return self._empty_fingerprint
+        value = self._fingerprints[doc_id] = _fingerprint(doc)
+        return value
+
+    def diff(self, doc_id: str, remote_sv: bytes) -> bytes:
+        """The update holding everything of `doc_id` that `remote_sv` lacks."""
+        doc = self._docs.get(doc_id)
+        if doc is None:
+            return EMPTY_UPDATE
+        try:
+            return doc.get_update(remote_sv)
+        except ValueError as exc:
+            raise RemoteError(f"document {doc_id!r}: state vector does not decode: {exc}") from exc
+
+    def apply(self, doc_id: str, update: bytes) -> bool:
+        """Integrate a remote update (logged as remote); True if the content changed."""
+        if not isinstance(doc_id, str) or not doc_id:
+            raise RemoteError(f"document id must be a non-empty string, not {doc_id!r}")
+        doc = self._docs.get(doc_id)
+        fresh = doc is None
+        if fresh:
+            # Try the update on a scratch document first: garbage must not leave an
+            # empty document behind.
+            try:
+                pycrdt.Doc().apply_update(update)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                raise RemoteError(f"document {doc_id!r}: update does not apply: {exc}") from exc
+            doc = self.create(doc_id)
+        before = self.fingerprint(doc_id)
+        self._remote = True
+        try:
+            doc.apply_update(update)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            # pycrdt raises ValueError on garbage, and a Rust panic surfaces as pyo3's
+            # PanicException, a BaseException: both mean "peer sent garbage".
+            raise RemoteError(f"document {doc_id!r}: update does not apply: {exc}") from exc
+        finally:
+            self._remote = False
+        self._fingerprints.pop(doc_id, None)
+        return self.fingerprint(doc_id) != before
+
+    def durable_state_vector(self, doc_id: str) -> bytes:
+        """The state vector of what is fsync'd for `doc_id`."""
+        return self._durable.get(doc_id, EMPTY_STATE_VECTOR)
