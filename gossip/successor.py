@@ -1,0 +1,65 @@
+"""Rendezvous (highest random weight) hashing: who takes a workload over, and who stands by.
+
+Every peer must name the same successor for a workload from the same inputs, without
+talking to anyone. Rendezvous hashing gives that: each (workload, node) pair gets a
+pseudo-random weight, blake3 of the two length-prefixed ids, and the nodes are ranked by
+weight, highest first. The ranking depends only on the workload and the set of nodes,
+never on the order the caller lists them in, and removing a node that is not first leaves
+the first where it was, so a failure moves only the workloads of the failed node and
+spreads them evenly over the survivors.
+
+Which nodes are *eligible* (alive, ready, caught up) is decided in `gossip.failover`;
+this module only ranks. Ties in weight (64 bits, so practically never) fall back to the
+node id so the order stays total and the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import blake3
+
+from crdt_types.errors import InvalidValue
+
+__all__ = ["rank", "standby", "successor", "weight"]
+
+_DOMAIN = b"statemesh/rendezvous/v1\x00"
+
+
+def _encode_id(value: object, what: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise InvalidValue(f"{what} must be a non-empty str, not {value!r}")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(f"{what} is not valid UTF-8 ({exc.reason})") from None
+
+
+def weight(workload: str, node: str) -> int:
+    """The 64-bit rendezvous weight of `node` for `workload`."""
+    w = _encode_id(workload, "workload id")
+    n = _encode_id(node, "node id")
+    # Length prefixes: ("ab", "c") and ("a", "bc") must not hash alike.
+    h = blake3.blake3(_DOMAIN)
+    h.update(len(w).to_bytes(4, "big") + w)
+    h.update(len(n).to_bytes(4, "big") + n)
+    return int.from_bytes(h.digest(8), "big")
+
+
+def rank(workload: str, nodes: Iterable[str]) -> list[str]:
+    """`nodes` (duplicates dropped) ordered by rendezvous weight for `workload`, best first."""
+    _encode_id(workload, "workload id")
+    unique = set(nodes)
+    return sorted(unique, key=lambda n: (weight(workload, n), n), reverse=True)
+
+
+def successor(workload: str, candidates: Iterable[str]) -> str | None:
+    """The best-ranked of `candidates` for `workload`, or None if there are none."""
+    ranked = rank(workload, candidates)
+    return ranked[0] if ranked else None
+
+
+def standby(workload: str, owner: str, members: Iterable[str]) -> str | None:
+    """The node that would succeed `owner` on `workload`: the best of `members` but the owner."""
+    _encode_id(owner, "owner node id")
+    return successor(workload, (m for m in members if m != owner))

@@ -1,0 +1,142 @@
+"""Tests of gossip.quorum: the majority rule, its tie break, and the stable membership."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from crdt_types.errors import InvalidValue
+from gossip.messages import ALIVE, DEAD, LEFT, SUSPECT
+from gossip.quorum import StableMembership, has_quorum
+
+FIVE = ["a", "b", "c", "d", "e"]
+
+
+def states(alive=(), suspect=(), dead=(), left=()):
+    out = {n: ALIVE for n in alive}
+    out.update({n: SUSPECT for n in suspect})
+    out.update({n: DEAD for n in dead})
+    out.update({n: LEFT for n in left})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("stable", "alive", "expected"),
+    [
+        (FIVE, ["a", "b", "c"], True),  # 3 of 5
+        (FIVE, ["d", "e"], False),  # 2 of 5
+        (["a", "b", "c"], ["a", "b"], True),  # 2 of 3
+        (["a", "b", "c"], ["c"], False),  # 1 of 3
+        (["a", "b"], ["a"], True),  # tie: holds the lowest id
+        (["a", "b"], ["b"], False),  # tie: does not
+        (["a", "b", "c", "d"], ["a", "d"], True),
+        (["a", "b", "c", "d"], ["b", "c"], False),
+        (["a", "b", "c"], ["x", "y", "z", "c"], False),  # outsiders do not count
+        ([], ["a"], False),
+    ],
+)
+def test_has_quorum(stable, alive, expected):
+    assert has_quorum(stable, alive) is expected
+
+
+def test_either_half_of_an_even_split_but_never_both():
+    for n in (2, 4, 6):
+        nodes = [f"n{i}" for i in range(n)]
+        half = nodes[: n // 2]
+        other = nodes[n // 2 :]
+        assert has_quorum(nodes, half) != has_quorum(nodes, other)
+
+
+def test_no_stable_set_until_the_first_one_settles():
+    sm = StableMembership("a", settle=5.0)
+    assert sm.stable is None and not sm.has_quorum(states(alive="abc"))
+    assert sm.observe(0.0, states(alive="abc")) is False
+    assert sm.next_deadline() == 5.0
+    assert sm.observe(4.9, states(alive="abc")) is False
+    assert sm.observe(5.0, states(alive="abc")) is True
+    assert sm.stable == {"a", "b", "c"}
+    assert sm.next_deadline() == math.inf
+
+
+def test_a_change_restarts_the_settle_clock_and_suspects_count_as_up():
+    sm = StableMembership("a", settle=2.0, stable="abc")
+    sm.observe(0.0, states(alive="abcd"))
+    sm.observe(1.0, states(alive="abc", suspect="d"))  # suspect is still up: no change
+    sm.observe(1.5, states(alive="abc"))  # d forgotten: the candidate changed
+    sm.observe(2.5, states(alive="abcd"))  # and back: the clock starts again
+    assert sm.observe(4.4, states(alive="abcd")) is False
+    assert sm.stable == set("abc")
+    assert sm.next_deadline() == 4.5
+    assert sm.observe(4.5, states(alive="abc", suspect="d")) is True
+    assert sm.stable == set("abcd")
+
+
+def _partition(sm: StableMembership, side: str, other: str, start: float) -> None:
+    # The other side goes suspect, then dead; time runs well past settle.
+    sm.observe(start, states(alive=side, suspect=other))
+    for t in range(1, 40):
+        sm.observe(start + t, states(alive=side, dead=other))
+
+
+def test_a_minority_never_adopts_itself_as_the_stable_set():
+    majority = StableMembership("a", settle=5.0, stable=FIVE)
+    minority = StableMembership("d", settle=5.0, stable=FIVE)
+    _partition(majority, "abc", "de", 0.0)
+    _partition(minority, "de", "abc", 0.0)
+    assert majority.stable == set("abc") and majority.has_quorum(states(alive="abc"))
+    assert minority.stable == set(FIVE)
+    assert not minority.has_quorum(states(alive="de", dead="abc"))
+
+
+def test_a_shrunk_majority_survives_a_second_failure():
+    sm = StableMembership("a", settle=1.0, stable="abc")
+    _partition(sm, "ab", "c", 0.0)
+    assert sm.stable == set("ab")
+    # Now b dies: 1 of 2 with the lowest id still holds.
+    assert sm.has_quorum(states(alive="a", dead="bc"))
+    other = StableMembership("b", settle=1.0, stable="ab")
+    assert not other.has_quorum(states(alive="b", dead="a"))
+
+
+def test_a_member_that_left_is_dropped_at_once_even_without_quorum():
+    sm = StableMembership("a", settle=100.0, stable=FIVE)
+    assert sm.observe(0.0, states(alive="a", dead="bc", left="de")) is True
+    assert sm.stable == set("abc")
+    assert not sm.has_quorum(states(alive="a", dead="bc"))
+
+
+def test_restored_stable_set_includes_us_and_gives_a_restarted_minority_no_quorum():
+    sm = StableMembership("a", settle=5.0, stable=["b", "c"])
+    assert sm.stable == set("abc")
+    sm.observe(0.0, states(alive="a"))
+    sm.observe(10.0, states(alive="a"))
+    assert sm.stable == set("abc")  # alone: no quorum to shrink to {a}
+    assert sm.next_deadline() == math.inf  # settled without quorum: wait for a change
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: StableMembership("", 1.0),
+        lambda: StableMembership(None, 1.0),
+        lambda: StableMembership("a", -1.0),
+        lambda: StableMembership("a", math.inf),
+        lambda: StableMembership("a", math.nan),
+        lambda: StableMembership("a", "1"),
+        lambda: StableMembership("a", True),
+        lambda: StableMembership("a", 1.0, stable=[]),
+        lambda: StableMembership("a", 1.0, stable=["b", 3]),
+    ],
+)
+def test_bad_construction_is_refused(make):
+    with pytest.raises(InvalidValue):
+        make()
+
+
+@pytest.mark.parametrize("bad", [{"b": "zombie"}, {"": ALIVE}, {3: ALIVE}])
+def test_bad_states_are_refused_and_change_nothing(bad):
+    sm = StableMembership("a", settle=0.0, stable="ab")
+    with pytest.raises(InvalidValue):
+        sm.observe(1.0, {"a": ALIVE, **bad})
+    assert sm.stable == set("ab")
