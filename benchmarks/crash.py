@@ -232,9 +232,11 @@ def _corruption_trial(data_dir: Path, rng: random.Random) -> tuple[str, str]:
     db = data_dir / DB_NAME
     with Store.open(data_dir) as store:
         reference = {d: fingerprint_hex(doc) for d, doc in store.load_all().items()}
-    # Fold the WAL into the main file so the bytes we flip are the ones read back.
+    # Fold the WAL into the main file so the bytes we flip are the ones read back, and
+    # drop stale copies in free pages so a flip aimed at a record hits the live one.
     conn = sqlite3.connect(db)
     try:
+        conn.execute("VACUUM")  # goes through the WAL: checkpoint after it
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()

@@ -235,8 +235,7 @@ def test_unreadable_database_file_is_a_clear_storage_error(tmp_path: Path) -> No
 def test_truncated_database_file_is_reported_not_a_traceback(tmp_path: Path) -> None:
     with Store.open(tmp_path) as store:
         w = Writer()
-        for i in range(300):
-            store.append(f"session/{i % 7}", w.set(f"k{i}", "x" * 200))
+        store.append_many([(f"session/{i % 7}", w.set(f"k{i}", "x" * 200)) for i in range(300)])
     db = tmp_path / DB_NAME
     db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
     try:
