@@ -1,0 +1,160 @@
+"""`statemesh peer`: run one mesh node until SIGTERM or SIGINT, then leave gracefully.
+
+The peer prints exactly one line on stdout once it serves, a JSON object that scripts
+and tests wait for::
+
+    {"event": "ready", "node": "a", "cluster": "statemesh", "address": "198.18.0.2:7946",
+     "http": "198.18.0.2:8080", "documents": 0, "pid": 1234}
+
+and, after a graceful leave, one more: `{"event": "stopped", "node": "a"}`. Diagnostics
+go to stderr. Exit codes (see `cli.main`): 0 after a graceful leave; 2 for bad flags, a
+missing key (neither `--key-file` nor `--insecure`: security is the default), an unusable
+data directory or an address that cannot be bound, each reported as one line on stderr.
+
+mDNS: `--interface IP` (repeatable) names the IPv4 addresses to announce and browse on;
+without it the peer uses every interface of the machine, which is what a user wants on a
+LAN. Tests and the demo always pass `--interface`. `--no-mdns` turns discovery off
+(static `--join` seeds only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+import trio
+
+from crdt_types.errors import LocalError, StatemeshError, StorageError
+from gossip.config import PROFILES
+
+DEFAULT_PORT = 7946
+
+
+class _Usage(Exception):
+    pass
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `peer` subcommand."""
+    p = sub.add_parser("peer", help="run a mesh peer until SIGTERM/SIGINT", description=__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--node", required=True, help="this node's unique name")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory (created)")
+    p.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="gossip address (default: port 7946 on the first non-loopback mDNS interface)",
+    )
+    p.add_argument(
+        "--advertise", default=None, metavar="HOST:PORT", help="address peers should use"
+    )
+    p.add_argument(
+        "--join", action="append", default=[], metavar="HOST:PORT", help="static seed (repeat)"
+    )
+    p.add_argument(
+        "--interface",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="IPv4 address for mDNS (repeat; default: all interfaces)",
+    )
+    p.add_argument("--no-mdns", action="store_true", help="no mDNS; use --join seeds only")
+    p.add_argument("--cluster", default="statemesh", help="cluster name (default: statemesh)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--key-file", metavar="FILE", help="cluster key file (statemesh keygen)")
+    key.add_argument("--insecure", action="store_true", help="no encryption (debugging only)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT", help="serve GET /status here")
+    p.add_argument("--profile", default="lan", choices=sorted(PROFILES), help="gossip timing")
+    p.set_defaults(func=run)
+
+    def one_line_error(message: str) -> None:
+        # Bad flags: one line on stderr and exit 2, as for every other usage error.
+        print(f"statemesh peer: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = one_line_error  # type: ignore[method-assign]
+
+
+def _config(args: argparse.Namespace):
+    from mesh.config import MeshConfig
+    from mesh.discovery import all_interface_addresses
+
+    if not args.key_file and not args.insecure:
+        raise _Usage(
+            "no cluster key: pass --key-file FILE (create one with `statemesh keygen --out "
+            "FILE`) or --insecure"
+        )
+    interfaces = list(args.interface)
+    mdns = not args.no_mdns
+    if mdns and not interfaces:
+        interfaces = [ip for ip in all_interface_addresses() if ":" not in ip]
+    listen = args.listen
+    if listen is None:
+        outward = [ip for ip in interfaces if not ip.startswith("127.")] or interfaces
+        listen = f"{outward[0] if outward else '127.0.0.1'}:{DEFAULT_PORT}"
+    return MeshConfig(
+        node=args.node,
+        data_dir=args.data,
+        listen=listen,
+        advertise=args.advertise,
+        seeds=list(args.join),
+        interfaces=interfaces if mdns else [],
+        mdns=mdns,
+        cluster=args.cluster,
+        key=args.key_file if args.key_file else None,
+        insecure=bool(args.insecure),
+        profile=args.profile,
+        http=args.http,
+    )
+
+
+def _say(obj: dict) -> None:
+    print(json.dumps(obj, sort_keys=False), flush=True)
+
+
+async def _main(config) -> None:
+    from mesh.runtime import open_mesh
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with open_mesh(config) as mesh:
+            _say(
+                {
+                    "event": "ready",
+                    "node": mesh.node_id,
+                    "cluster": config.cluster,
+                    "address": mesh.address,
+                    "http": mesh.http_address,
+                    "documents": len(mesh.replica),
+                    "pid": os.getpid(),
+                }
+            )
+            async for signum in signals:
+                print(f"statemesh peer: {signal.Signals(signum).name}: leaving", file=sys.stderr)
+                break
+    _say({"event": "stopped", "node": config.node})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the peer; returns the exit code."""
+    try:
+        config = _config(args)
+    except (_Usage, LocalError) as exc:
+        print(f"statemesh peer: error: {exc}", file=sys.stderr)
+        return 2
+    if os.path.exists(args.data) and not os.path.isdir(args.data):
+        print(f"statemesh peer: error: {args.data} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_main, config)
+    except (StorageError, LocalError) as exc:
+        # Unusable data dir, address in use, bad key file: the environment, not a crash.
+        print(f"statemesh peer: error: {exc}", file=sys.stderr)
+        return 2
+    except StatemeshError as exc:
+        print(f"statemesh peer: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
