@@ -1,0 +1,424 @@
+"""Prometheus metrics of one mesh node, updated by the runtime through named events.
+
+`Metrics` owns its own `CollectorRegistry` (never the process-global one) because several
+nodes may live in one process (tests, the simulator-backed demo, an embedding program that
+runs two meshes). The runtime calls methods named for what happened (`frame_sent`,
+`frame_rejected`, `committed`, `took_over`, ...) and never touches a prometheus object, so
+names, labels and buckets are decided here, once.
+
+Invariants:
+
+* Bounded label cardinality: every label value comes from a closed set. Message types are
+  the snake_case names of `gossip.messages.REGISTRY` (anything else counts as ``other``),
+  rejection reasons are `BadFrame.REASONS` (else ``other``), member states are
+  `MEMBER_STATES`, commit levels are ``local``, ``1`` .. ``16``, ``all`` (else ``many``).
+  The only open label is the per-peer lag gauge, whose series `forget_peer` removes when
+  a member is reaped.
+* Every labelled series that the closed sets name exists from the start at zero, so a
+  dashboard's ``rate()`` has a series to work with before the first event.
+* Names follow Prometheus conventions: ``statemesh_`` prefix, base units (seconds, bytes),
+  ``_total`` on counters (prometheus_client appends it), unit before ``_total``.
+* Never a secret, a key or a document value in a label: labels are node ids, cluster
+  names, types and reasons only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from crdt_types.errors import BadFrame, LocalError
+from gossip.messages import MEMBER_STATES, REGISTRY
+
+__all__ = ["CONTENT_TYPE", "MESSAGE_TYPES", "Metrics", "frame_type", "message_type"]
+
+# The classic text format: every Prometheus server and agent in use reads it.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+OTHER = "other"
+_MAX_LEVEL = 16
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+MESSAGE_TYPES: dict[type, str] = {cls: _snake(cls.__name__) for cls in REGISTRY.values()}
+_TYPE_NAMES = frozenset(MESSAGE_TYPES.values())
+_FRAME_TYPES = (*sorted(_TYPE_NAMES), "empty", OTHER)
+_REASONS = (*BadFrame.REASONS, OTHER)
+_LEVELS = ("local", *(str(i) for i in range(1, _MAX_LEVEL + 1)), "all", "many")
+_PIGGYBACK = "member_update"
+
+# Commit latency: from a group-committed local fsync (~0.5 ms) to a replicated write that
+# waited through a suspicion period (seconds).
+_COMMIT_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+# One SQLite WAL fsync: ~0.1 ms on a fast SSD, tens of ms on a busy disk.
+_FSYNC_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+
+def message_type(message: object) -> str:
+    """The metric label of one gossip message (its class name in snake_case)."""
+    return MESSAGE_TYPES.get(type(message), OTHER)
+
+
+def frame_type(messages: Iterable[object]) -> str:
+    """The label of a frame: its first message that is not a piggybacked member update."""
+    first = None
+    for msg in messages:
+        label = message_type(msg)
+        if label != _PIGGYBACK:
+            return label
+        first = first or label
+    return first or "empty"
+
+
+def _type_label(type_: str) -> str:
+    return type_ if type_ in _TYPE_NAMES or type_ == "empty" else OTHER
+
+
+def _level_label(level: int | str) -> str:
+    if isinstance(level, bool):
+        return OTHER
+    if isinstance(level, int):
+        if level == 0:
+            return "local"
+        return str(level) if 0 < level <= _MAX_LEVEL else ("many" if level > 0 else OTHER)
+    return level if level in _LEVELS else OTHER
+
+
+def _seconds(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LocalError(f"{what} must be a finite number of seconds, got {value!r}")
+    return max(0.0, float(value))  # a clock step must not make a histogram observe < 0
+
+
+def _count(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LocalError(f"{what} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _version() -> str:
+    try:
+        return metadata.version("statemesh")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """Every metric of one node, in a registry of its own; `render()` for /metrics."""
+
+    def __init__(self, node: str = "", cluster: str = "") -> None:
+        """Create the metric families; `node` and `cluster` label `statemesh_info`."""
+        self.node = node
+        self._max_loop_lag = 0.0
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._info = Gauge(
+            "statemesh_info",
+            "Constant 1, labelled with this node's id, cluster and statemesh version.",
+            ["node", "cluster", "version"],
+            registry=r,
+        )
+        self._info.labels(node, cluster, _version()).set(1)
+        self._members = Gauge(
+            "statemesh_members",
+            "Members of the cluster known to this node, by SWIM state (this node included).",
+            ["state"],
+            registry=r,
+        )
+        self._frames_sent = Counter(
+            "statemesh_gossip_frames_sent",
+            "Gossip frames sent, by the type of their main message.",
+            ["type"],
+            registry=r,
+        )
+        self._bytes_sent = Counter(
+            "statemesh_gossip_sent_bytes",
+            "Bytes of gossip frames sent (sealed size on the wire), by main message type.",
+            ["type"],
+            registry=r,
+        )
+        self._frames_received = Counter(
+            "statemesh_gossip_frames_received",
+            "Gossip frames received and accepted, by the type of their main message.",
+            ["type"],
+            registry=r,
+        )
+        self._bytes_received = Counter(
+            "statemesh_gossip_received_bytes",
+            "Bytes of accepted gossip frames received, by main message type.",
+            ["type"],
+            registry=r,
+        )
+        self._messages_sent = Counter(
+            "statemesh_gossip_messages_sent",
+            "Gossip messages sent (a frame carries one or more), by type.",
+            ["type"],
+            registry=r,
+        )
+        self._messages_received = Counter(
+            "statemesh_gossip_messages_received",
+            "Gossip messages received in accepted frames, by type.",
+            ["type"],
+            registry=r,
+        )
+        self._rejected = Counter(
+            "statemesh_gossip_frames_rejected",
+            "Received frames dropped, by reason (auth, cluster, replay, decode, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self._lag = Gauge(
+            "statemesh_replication_lag_seconds",
+            "How long this node's replicas have been behind what peers advertise (0: caught up).",
+            registry=r,
+        )
+        self._behind = Gauge(
+            "statemesh_replication_behind_documents",
+            "Documents whose local replica is behind a version a peer advertised.",
+            registry=r,
+        )
+        self._peer_lag = Gauge(
+            "statemesh_replication_peer_lag_seconds",
+            "Per peer: how long this node has been behind what that peer advertised.",
+            ["peer"],
+            registry=r,
+        )
+        self._commit = Histogram(
+            "statemesh_commit_latency_seconds",
+            "Time from a write to its commit at the requested level (local, N replicas, all).",
+            ["level"],
+            buckets=_COMMIT_BUCKETS,
+            registry=r,
+        )
+        self._commit_timeouts = Counter(
+            "statemesh_commit_timeouts",
+            "Commits whose replication level was not reached in time (nothing rolled back).",
+            ["level"],
+            registry=r,
+        )
+        self._fsync = Histogram(
+            "statemesh_store_fsync_seconds",
+            "Duration of one durable store commit (a group of updates, one fsync).",
+            buckets=_FSYNC_BUCKETS,
+            registry=r,
+        )
+        self._store_updates = Counter(
+            "statemesh_store_updates", "Updates made durable in the local store.", registry=r
+        )
+        self._store_bytes = Counter(
+            "statemesh_store_written_bytes",
+            "Bytes of updates made durable in the local store.",
+            registry=r,
+        )
+        self._documents = Gauge(
+            "statemesh_documents", "Documents held by this node (sessions included).", registry=r
+        )
+        self._sessions = Gauge(
+            "statemesh_sessions_owned", "Sessions this node currently owns.", registry=r
+        )
+        self._takeovers = Counter(
+            "statemesh_takeovers",
+            "Sessions this node took over from a dead owner.",
+            registry=r,
+        )
+        self._fencings = Counter(
+            "statemesh_fencings",
+            "Times this node found itself fenced: a session it owned was taken over.",
+            registry=r,
+        )
+        self._loop_lag = Gauge(
+            "statemesh_event_loop_lag_seconds",
+            "Last measured delay of the event loop in running a task that was due.",
+            registry=r,
+        )
+        self._loop_lag_max = Gauge(
+            "statemesh_event_loop_lag_max_seconds",
+            "Largest event loop delay measured since the node started.",
+            registry=r,
+        )
+        self._loop_stalls = Counter(
+            "statemesh_event_loop_stalls",
+            "Event loop lag measurements over the liveness threshold.",
+            registry=r,
+        )
+        self._ready = Gauge(
+            "statemesh_ready",
+            "1 when this node is ready (/readyz answers 200), else 0.",
+            registry=r,
+        )
+        self._config_changes = Counter(
+            "statemesh_config_changes",
+            "Cluster configuration values changed (local or replicated).",
+            registry=r,
+        )
+        self._secrets = Gauge(
+            "statemesh_secrets", "Secrets stored in the cluster vault (count only).", registry=r
+        )
+        for state in MEMBER_STATES:
+            self._members.labels(state).set(0)
+        for t in _FRAME_TYPES:
+            for family in (
+                self._frames_sent,
+                self._bytes_sent,
+                self._frames_received,
+                self._bytes_received,
+                self._messages_sent,
+                self._messages_received,
+            ):
+                family.labels(t)
+        for reason in _REASONS:
+            self._rejected.labels(reason)
+        for level in ("local", "1", "2", "3", "all"):
+            self._commit.labels(level)
+            self._commit_timeouts.labels(level)
+
+    def __repr__(self) -> str:
+        return f"Metrics(node={self.node!r})"
+
+    # --- exposition -------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric (serve it with `CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+    # --- membership -------------------------------------------------------------------
+
+    def members(self, counts: Mapping[str, int]) -> None:
+        """Set the member count of every state (states not in `counts` become 0)."""
+        unknown = set(counts) - set(MEMBER_STATES)
+        if unknown:
+            raise LocalError(f"unknown member states {sorted(unknown)}; known: {MEMBER_STATES}")
+        checked = {s: _count(counts.get(s, 0), f"members[{s}]") for s in MEMBER_STATES}
+        for state, n in checked.items():
+            self._members.labels(state).set(n)
+
+    # --- gossip -------------------------------------------------------------------------
+
+    def frame_sent(self, type: str, nbytes: int) -> None:
+        """One frame of main message `type` and `nbytes` bytes was sent."""
+        nbytes = _count(nbytes, "nbytes")  # check before counting anything
+        label = _type_label(type)
+        self._frames_sent.labels(label).inc()
+        self._bytes_sent.labels(label).inc(nbytes)
+
+    def frame_received(self, type: str, nbytes: int) -> None:
+        """One frame of main message `type` and `nbytes` bytes was received and accepted."""
+        nbytes = _count(nbytes, "nbytes")
+        label = _type_label(type)
+        self._frames_received.labels(label).inc()
+        self._bytes_received.labels(label).inc(nbytes)
+
+    def envelope_sent(self, messages: Iterable[object], nbytes: int) -> None:
+        """A frame carrying `messages` was sent: counts the frame, its bytes and each message."""
+        messages = tuple(messages)
+        self.frame_sent(frame_type(messages), nbytes)
+        for msg in messages:
+            self._messages_sent.labels(message_type(msg)).inc()
+
+    def envelope_received(self, messages: Iterable[object], nbytes: int) -> None:
+        """An accepted frame carrying `messages` arrived: frame, bytes and each message."""
+        messages = tuple(messages)
+        self.frame_received(frame_type(messages), nbytes)
+        for msg in messages:
+            self._messages_received.labels(message_type(msg)).inc()
+
+    def frame_rejected(self, reason: str) -> None:
+        """A received frame was dropped for `reason` (a `BadFrame.REASONS` entry)."""
+        self._rejected.labels(reason if reason in BadFrame.REASONS else OTHER).inc()
+
+    # --- replication --------------------------------------------------------------------
+
+    def replication_lag(self, seconds: float, behind_documents: int = 0) -> None:
+        """This node has been behind its peers for `seconds` (0 when caught up)."""
+        seconds = _seconds(seconds, "lag")
+        behind_documents = _count(behind_documents, "behind_documents")
+        self._lag.set(seconds)
+        self._behind.set(behind_documents)
+
+    def peer_lag(self, peer: str, seconds: float) -> None:
+        """This node has been behind what `peer` advertised for `seconds`."""
+        if not isinstance(peer, str) or not peer:
+            raise LocalError(f"peer must be a non-empty node id, got {peer!r}")
+        self._peer_lag.labels(peer).set(_seconds(seconds, "lag"))
+
+    def forget_peer(self, peer: str) -> None:
+        """Drop the per-peer series of a member that was reaped (keeps cardinality bounded)."""
+        with contextlib.suppress(KeyError):  # never had a series: nothing to forget
+            self._peer_lag.remove(peer)
+
+    # --- commits and storage ------------------------------------------------------------
+
+    def committed(self, level: int | str, seconds: float) -> None:
+        """A commit reached `level` (0 or "local", N replicas, "all") after `seconds`."""
+        self._commit.labels(_level_label(level)).observe(_seconds(seconds, "commit latency"))
+
+    def commit_timed_out(self, level: int | str) -> None:
+        """A commit did not reach `level` in time (the write itself stays)."""
+        self._commit_timeouts.labels(_level_label(level)).inc()
+
+    def store_synced(self, seconds: float, updates: int = 1, nbytes: int = 0) -> None:
+        """The store made `updates` updates (`nbytes` bytes) durable in one fsync of `seconds`."""
+        seconds = _seconds(seconds, "fsync duration")
+        updates, nbytes = _count(updates, "updates"), _count(nbytes, "nbytes")
+        self._fsync.observe(seconds)
+        self._store_updates.inc(updates)
+        self._store_bytes.inc(nbytes)
+
+    def documents(self, count: int) -> None:
+        """This node now holds `count` documents."""
+        self._documents.set(_count(count, "documents"))
+
+    # --- ownership ----------------------------------------------------------------------
+
+    def sessions_owned(self, count: int) -> None:
+        """This node now owns `count` sessions."""
+        self._sessions.set(_count(count, "sessions owned"))
+
+    def took_over(self, sessions: int = 1) -> None:
+        """This node took over `sessions` sessions from a dead owner."""
+        self._takeovers.inc(_count(sessions, "sessions"))
+
+    def fenced(self, sessions: int = 1) -> None:
+        """This node was fenced out of `sessions` sessions it used to own."""
+        self._fencings.inc(_count(sessions, "sessions"))
+
+    # --- health ---------------------------------------------------------------------------
+
+    def loop_lag(self, seconds: float, *, stalled: bool = False) -> None:
+        """The event-loop watchdog measured `seconds` of lag (`stalled`: over the threshold)."""
+        lag = _seconds(seconds, "loop lag")
+        self._loop_lag.set(lag)
+        if lag > self._max_loop_lag:  # one writer (the watchdog task): no race
+            self._max_loop_lag = lag
+            self._loop_lag_max.set(lag)
+        if stalled:
+            self._loop_stalls.inc()
+
+    def ready(self, is_ready: bool) -> None:
+        """Record readiness (what /readyz answers)."""
+        self._ready.set(1 if is_ready else 0)
+
+    # --- cluster state --------------------------------------------------------------------
+
+    def config_changed(self, count: int = 1) -> None:
+        """`count` cluster configuration values changed."""
+        self._config_changes.inc(_count(count, "count"))
+
+    def secrets(self, count: int) -> None:
+        """The vault now holds `count` secrets."""
+        self._secrets.set(_count(count, "secrets"))
