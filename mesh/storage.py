@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 import random
 import sqlite3
@@ -55,6 +56,7 @@ import trio
 from crdt_types.errors import CorruptRecord, DiskFull, InvalidValue, StorageError, StoreClosed
 
 DB_NAME = "statemesh.sqlite3"
+LOCK_NAME = "statemesh.lock"
 FORMAT_VERSION = "1"
 MAX_DOC_ID_BYTES = 256
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
@@ -197,6 +199,7 @@ class Store:
         self.path = path
         self.stats = StoreStats()
         self._next_seq: dict[str, int] = {}
+        self._lock_fd: int | None = None
         with self._guard("reading sequence numbers"):
             for doc_id, last in conn.execute(
                 "SELECT doc_id, MAX(last_seq) FROM log GROUP BY doc_id"
@@ -234,6 +237,7 @@ class Store:
             raise StorageError(f"data directory {directory} does not exist or is not a directory")
         if not path.exists() and (readonly or not create):
             raise StorageError(f"no statemesh store in {directory} (missing {DB_NAME})")
+        lock_fd = None if readonly else _lock_directory(directory)
         conn: sqlite3.Connection | None = None
         try:
             if readonly:
@@ -247,6 +251,8 @@ class Store:
                 if str(mode).lower() != "wal":
                     raise StorageError(f"{path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous=FULL")
+            # A reader (inspect) may meet the writer mid-checkpoint: wait, do not fail.
+            conn.execute("PRAGMA busy_timeout=5000")
             # Damaged text must not turn into a decode error deep inside a read.
             conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
             if not readonly:
@@ -261,14 +267,15 @@ class Store:
                 rng=rng or random.SystemRandom(),
                 check_updates=check_updates,
             )
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if conn is not None:
                 conn.close()
-            raise _translate(exc, f"opening {path}", path) from exc
-        except BaseException:
-            if conn is not None:
-                conn.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc, f"opening {path}", path) from exc
             raise
+        store._lock_fd = lock_fd
         return store
 
     # --- plumbing ---------------------------------------------------------------------
@@ -318,6 +325,9 @@ class Store:
             self._closed = True
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the directory lock
+                self._lock_fd = None
 
     def __enter__(self) -> Store:
         return self
@@ -835,6 +845,26 @@ def _translate(exc: sqlite3.Error, what: str, path: Path) -> StorageError:
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in str(exc):
         return StorageError(f"{what}: database file {path} is damaged: {exc}")
     return StorageError(f"{what}: {path}: {exc}")
+
+
+def _lock_directory(directory: Path) -> int:
+    """Take the data directory's exclusive lock; StorageError if another process holds it.
+
+    Sequence numbers are allocated in memory, so two writers on one directory would clash;
+    the kernel drops the lock when its holder dies, even by SIGKILL.
+    """
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StorageError(f"cannot create lock file in {directory}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(
+            f"data directory {directory} is in use by another statemesh process"
+        ) from exc
+    return fd
 
 
 def _init_meta(conn: sqlite3.Connection, node_name: str | None) -> None:

@@ -407,3 +407,15 @@ def test_full_disk_on_a_tiny_tmpfs(tmp_path: Path) -> None:
             assert store.last_seq("session/full") == acked
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def test_one_writer_per_data_directory(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 2)
+        with pytest.raises(StorageError, match="in use by another statemesh process"):
+            Store.open(tmp_path)
+        # Readers (inspect) are welcome while the writer runs.
+        with Store.open(tmp_path, readonly=True) as reader:
+            assert reader.last_seq("session/a") == 2
+    with Store.open(tmp_path) as again:  # released on close
+        assert again.last_seq("session/a") == 2
