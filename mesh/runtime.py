@@ -438,7 +438,9 @@ class Mesh:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        await self._refill_pool()
+        # Client ids for documents peers create here are drawn in the background: start
+        # must not wait for 32 fsyncs.
+        self._pool_wake.set()
         nursery.start_soon(self._receive_loop)
         nursery.start_soon(self._timer_loop)
         nursery.start_soon(self._pump_loop)
