@@ -88,3 +88,51 @@ MEMBERSHIP_EVENTS = (
     MemberReaped,
     MemberUpdated,
 )
+
+
+# --- failover (decided by gossip.failover; the runtime raises them) ------------------------
+# Fencing is `WorkloadFenced`, not `Fenced`, so that it never shadows the exception
+# `crdt_types.errors.Fenced` that the runtime raises on writes in the same module.
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerChanged:
+    """The winning claim on `workload` changed: `owner` at `epoch` (routing follows it)."""
+
+    workload: str
+    owner: str
+    epoch: int
+    previous_owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadFenced:
+    """This node owned `workload` at `fenced_epoch`; `owner` took it at `epoch`."""
+
+    workload: str
+    owner: str
+    epoch: int
+    fenced_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeoverPlanned:
+    """`successor` is to claim `workload` from `previous_owner` at `epoch` (`reason`)."""
+
+    workload: str
+    previous_owner: str
+    successor: str
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyAssigned:
+    """`standby` is now the designated next owner of `workload` (pre-warm it); None: nobody."""
+
+    workload: str
+    owner: str
+    standby: str | None
+
+
+FAILOVER_EVENTS = (OwnerChanged, WorkloadFenced, TakeoverPlanned, StandbyAssigned)

@@ -1,0 +1,496 @@
+"""Failover decisions, sans-IO: who takes over which session, when, and who is fenced.
+
+The runtime (`mesh`) gathers a `FailoverView` (this node's id, the member states with the
+time each entered its state and whether it is ready, the ownership table's winning
+claims, the durable version vectors peers reported per document, the last stable
+membership and the policy) and asks `plan_takeovers(now, view)`. Nothing here reads a
+clock, draws randomness or does I/O, and the answer is a pure function of the view, so
+two peers with the same view plan the same thing.
+
+**Takeover.** Only sessions owned by a member in state `dead` are taken over: never on
+`suspect` (it may refute), never on `left` (its owner handed them over, see `plan_handoff`;
+a left owner's session that is still unclaimed `orphan_after` seconds later is taken over
+like a dead one, so a hand-off that crashed midway leaves nothing orphaned). A node never
+plans to take over a session the table says it owns itself: an old owner that restarts
+follows the table and never reclaims.
+
+**Successor.** The eligible members are the ones alive (not suspect), ready, and not the
+failed owner. They are ranked by rendezvous hashing over (workload, node)
+(`gossip.successor`), the same order on every peer. The *coverage target* of a session is
+the merge of the durable vectors reported for its document by every live member but the
+owner (for this node: its own durable vector, known exactly). A write acknowledged with
+`replicas=W` is durable on W members besides the owner, so while one of them is alive its
+report is in the target and only members holding that write cover it. The successor is
+the best-ranked eligible member whose reported durable vector covers the target.
+
+Reported vectors are lower bounds that may be stale: a peer that received an update as a
+duplicate does not ack it to everyone, so peers can disagree about who is caught up. The
+rule therefore staggers claims instead of trusting one view: each eligible member that
+covers the target (in its own view) gets a slot `stagger` seconds apart in ranking order,
+counted from the moment the owner was declared dead, and claims at its slot only if the
+session is still unclaimed. The best-ranked caught-up member claims first and its claim
+reaches the others before their slots; a member that wrongly looks behind to its peers
+still claims in time, and one that is stuck leaves the next one to claim. If two claims
+at `epoch + 1` do cross, the ownership table keeps the highest (epoch, owner) everywhere
+and the other claimant is fenced at once.
+
+**Behind replicas.** A member that does not cover the target never claims while one that
+does exists. If no eligible member covers it (the only holder of the newest acknowledged
+write is suspect, not ready, or still catching up), we *wait* up to `catchup_timeout`
+rather than hand the session to a stale replica: a suspect refutes or dies, anti-entropy
+brings the others up to date. After that, the members whose vectors no other eligible
+member strictly dominates (the most caught-up) claim in the same staggered way
+(`reason="fallback"`). What only the dead owner held (writes committed with `replicas=0`,
+or acknowledged by replicas that died too) cannot be recovered by anyone; the CRDT merge
+loses nothing that any survivor holds, so a late arrival still lands in the session.
+
+**Limits.** Coverage is judged from reports, not from the replicas themselves: a member
+that does not know a peer is ahead of it can claim while behind (the missing writes
+arrive by anti-entropy afterwards, so nothing is lost, but the takeover handler may run
+before they do; the runtime should pull the document from live peers before calling it).
+Peers declare the owner dead at slightly different times, so slots differ by that much;
+`stagger` should exceed that spread plus the time a claim takes to spread.
+
+**Split brain** is decided by `gossip.quorum` (majority of the last stable membership,
+ties to the half with the lowest id; or the availability policy). **Fencing**: after a
+merge of the ownership table, `fenced` lists the sessions this node believed it owned
+that now belong to someone else at a higher (epoch, owner); the runtime raises
+`crdt_types.errors.Fenced` on writes to them and emits the events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from crdt_types.errors import InvalidValue, LocalError
+from crdt_types.ownership import Claim
+from crdt_types.vv import Order, VersionVector
+from gossip.events import OwnerChanged, StandbyAssigned, TakeoverPlanned, WorkloadFenced
+from gossip.messages import ALIVE, DEAD, LEFT, MEMBER_STATES, SUSPECT
+from gossip.quorum import AVAILABILITY, MAJORITY, POLICIES, has_quorum
+from gossip.successor import rank, standby
+
+__all__ = [
+    "CLAIM_REASONS",
+    "FailoverPolicy",
+    "FailoverView",
+    "MemberView",
+    "OwnerChanged",
+    "StandbyAssigned",
+    "Takeover",
+    "TakeoverPlanned",
+    "WorkloadFenced",
+    "coverage_target",
+    "fenced",
+    "member_views",
+    "next_deadline",
+    "owner_changes",
+    "plan_handoff",
+    "plan_takeovers",
+    "quorum_ok",
+    "standby_changes",
+    "standbys",
+]
+
+DurableLookup = Callable[[str, str], "VersionVector | bytes | None"]
+
+CLAIM_REASONS = (
+    "caught_up",  # the successor's durable replica covers the target
+    "fallback",  # nobody covered it within catchup_timeout: the most caught-up claim
+    "handoff",  # graceful leave: the leaving owner claims for the successor
+    "handoff_sync",  # hand-off to a successor that must first catch up with the owner
+    "waiting",  # nobody covers the target yet; wait for catch-up (no successor)
+    "no_quorum",  # this side cannot see a quorum of the stable membership
+    "no_candidate",  # no member is alive and ready to take it
+)
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def _check_number(value: object, what: str, *, allow_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidValue(f"{what} must be a number, not {value!r}")
+    if value < 0 or (value == math.inf and not allow_inf):
+        raise InvalidValue(f"{what} must be finite and >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_time(now: object) -> float:
+    if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
+        raise InvalidValue(f"now must be a finite number, not {now!r}")
+    return float(now)
+
+
+def _check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidValue(f"{what} must be a non-empty str, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """One member as this node sees it: `state` since `since` (protocol time), and readiness."""
+
+    node: str
+    state: str
+    since: float
+    ready: bool = True
+
+    def __post_init__(self) -> None:
+        _check_id(self.node, "member id")
+        if self.state not in MEMBER_STATES:
+            raise InvalidValue(f"member {self.node!r}: unknown state {self.state!r}")
+        if isinstance(self.since, bool) or not isinstance(self.since, int | float):
+            raise InvalidValue(f"member {self.node!r}: since must be a number")
+        if math.isnan(self.since):
+            raise InvalidValue(f"member {self.node!r}: since is NaN")
+        if not isinstance(self.ready, bool):
+            raise InvalidValue(f"member {self.node!r}: ready must be a bool")
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverPolicy:
+    """How failover trades safety for availability, and its timings (seconds)."""
+
+    split_brain: str = MAJORITY  # or AVAILABILITY: any side may take over
+    stagger: float = 0.25  # between successive claim slots; above gossip spread
+    catchup_timeout: float = 2.0  # how long to wait for a caught-up successor
+    orphan_after: float = 5.0  # a left owner's unclaimed sessions are taken after this
+    max_slots: int = 8  # slot index cap, so a large mesh waits at most this many staggers
+
+    def __post_init__(self) -> None:
+        if self.split_brain not in POLICIES:
+            raise InvalidValue(f"split_brain must be one of {POLICIES}, not {self.split_brain!r}")
+        _check_number(self.stagger, "stagger")
+        _check_number(self.catchup_timeout, "catchup_timeout")
+        _check_number(self.orphan_after, "orphan_after", allow_inf=True)
+        if isinstance(self.max_slots, bool) or not isinstance(self.max_slots, int):
+            raise InvalidValue(f"max_slots must be an int, not {self.max_slots!r}")
+        if self.max_slots < 1:
+            raise InvalidValue(f"max_slots must be at least 1, got {self.max_slots}")
+
+
+def _no_durable(node: str, workload: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverView:
+    """Everything a failover decision reads; build one per decision, it is not kept.
+
+    `members` must include this node. `claims` are the ownership table's winning claims
+    (`OwnershipTable.claims()`). `durable(node, workload)` returns the durable version
+    vector `node` reported for the workload's document (for `me`, our own), as a
+    `VersionVector` or pycrdt state-vector bytes, or None if unknown. `stable` is
+    `StableMembership.stable` (None: not settled yet, so no quorum in majority mode).
+    """
+
+    me: str
+    members: Mapping[str, MemberView]
+    claims: tuple[Claim, ...] = ()
+    durable: DurableLookup = _no_durable
+    stable: frozenset[str] | None = None
+    policy: FailoverPolicy = field(default_factory=FailoverPolicy)
+
+    def __post_init__(self) -> None:
+        _check_id(self.me, "node id")
+        members = dict(self.members.items()) if isinstance(self.members, Mapping) else None
+        if members is None:
+            raise InvalidValue("members must map node id -> MemberView")
+        for node, view in members.items():
+            if not isinstance(view, MemberView) or view.node != node:
+                raise InvalidValue(f"members[{node!r}] must be a MemberView for that node")
+        if self.me not in members:
+            raise InvalidValue(f"members must include this node {self.me!r}")
+        claims = tuple(self.claims)
+        seen: set[str] = set()
+        for claim in claims:
+            if not isinstance(claim, Claim):
+                raise InvalidValue(f"claims must be Claim objects, not {claim!r}")
+            if claim.workload in seen:
+                raise InvalidValue(f"claims list workload {claim.workload!r} twice")
+            seen.add(claim.workload)
+        if not callable(self.durable):
+            raise InvalidValue("durable must be callable as durable(node, workload)")
+        if self.stable is not None:
+            stable = frozenset(self.stable)
+            if not stable or any(not isinstance(n, str) or not n for n in stable):
+                raise InvalidValue(f"stable must be None or a set of node ids, not {self.stable!r}")
+            object.__setattr__(self, "stable", stable)
+        if not isinstance(self.policy, FailoverPolicy):
+            raise InvalidValue("policy must be a FailoverPolicy")
+        object.__setattr__(self, "members", members)
+        object.__setattr__(self, "claims", claims)
+
+    def vector(self, node: str, workload: str) -> VersionVector:
+        """`node`'s reported durable vector of `workload` (empty if unknown)."""
+        got = self.durable(node, workload)
+        if got is None:
+            return VersionVector()
+        if isinstance(got, VersionVector):
+            return got
+        if isinstance(got, bytes | bytearray | memoryview):
+            try:
+                return VersionVector.from_state_vector(got)
+            except InvalidValue as exc:
+                raise InvalidValue(
+                    f"durable vector of {workload!r} on {node!r} is malformed: {exc}"
+                ) from None
+        raise InvalidValue(f"durable({node!r}, {workload!r}) returned {type(got).__name__}")
+
+
+def member_views(members: Iterable[object], ready: Callable[[str], bool]) -> dict[str, MemberView]:
+    """MemberViews from objects with `node`, `state` and `since` (e.g. membership records)."""
+    out: dict[str, MemberView] = {}
+    for m in members:
+        node = m.node  # type: ignore[attr-defined]
+        out[node] = MemberView(node, m.state, m.since, bool(ready(node)))  # type: ignore[attr-defined]
+    return out
+
+
+# --- decisions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """The plan for one orphaned workload, as this node sees it.
+
+    `successor` is the member expected to claim (None: nobody yet, see `reason`), at
+    `not_before`. `my_slot` is when *this* node claims if the workload is still unclaimed
+    then (None: this node must not claim it); `claim_due(now)` says whether that is now.
+    The claim is `OwnershipTable.claim(workload, successor, epoch)`, made by the successor,
+    or for a hand-off by the leaving owner. `target` is what the claimant should hold.
+    """
+
+    workload: str
+    previous_owner: str
+    previous_epoch: int
+    successor: str | None
+    reason: str
+    not_before: float
+    my_slot: float | None
+    target: VersionVector
+
+    @property
+    def epoch(self) -> int:
+        """The epoch to claim at."""
+        return self.previous_epoch + 1
+
+    def claim_due(self, now: float) -> bool:
+        """True if this node should claim the workload at `now`."""
+        return self.my_slot is not None and now >= self.my_slot
+
+    def event(self) -> TakeoverPlanned | None:
+        """The `TakeoverPlanned` event for this plan, if it names a successor."""
+        if self.successor is None:
+            return None
+        return TakeoverPlanned(
+            self.workload, self.previous_owner, self.successor, self.epoch, self.reason
+        )
+
+
+def quorum_ok(view: FailoverView) -> bool:
+    """True if this node's side may take over, under the view's split-brain policy."""
+    if view.policy.split_brain == AVAILABILITY:
+        return True
+    if view.stable is None:
+        return False
+    alive = [n for n, m in view.members.items() if m.state == ALIVE] + [view.me]
+    return has_quorum(view.stable, alive)
+
+
+def _eligible(view: FailoverView, owner: str) -> list[str]:
+    # Alive, not suspect: a suspect may be on the other side of a partition.
+    return [n for n, m in view.members.items() if n != owner and m.state == ALIVE and m.ready]
+
+
+def coverage_target(view: FailoverView, workload: str, owner: str) -> VersionVector:
+    """The merge of durable vectors of `workload` reported by live members other than `owner`."""
+    target = VersionVector()
+    for node, m in view.members.items():
+        if node != owner and m.state in (ALIVE, SUSPECT):
+            target = target.merge(view.vector(node, workload))
+    return target
+
+
+def _frontier(view: FailoverView, workload: str, nodes: list[str]) -> set[str]:
+    # The most caught-up: members no other candidate strictly dominates.
+    vectors = {n: view.vector(n, workload) for n in nodes}
+    return {
+        n
+        for n in nodes
+        if not any(vectors[n].compare(vectors[o]) is Order.BEFORE for o in nodes if o != n)
+    }
+
+
+def _slot(policy: FailoverPolicy, base: float, index: int) -> float:
+    return base + min(index, policy.max_slots) * policy.stagger
+
+
+def _plan_one(now: float, view: FailoverView, claim: Claim, since: float) -> Takeover:
+    policy = view.policy
+    target = coverage_target(view, claim.workload, claim.owner)
+
+    def plan(reason: str, successor: str | None, at: float, mine: float | None) -> Takeover:
+        return Takeover(
+            claim.workload, claim.owner, claim.epoch, successor, reason, at, mine, target
+        )
+
+    ranked = rank(claim.workload, _eligible(view, claim.owner))
+    if not ranked:
+        return plan("no_candidate", None, math.inf, None)
+    covering = {n for n in ranked if view.vector(n, claim.workload).covers(target)}
+    if covering:
+        pool, reason, base = covering, "caught_up", since
+    elif now < since + policy.catchup_timeout:
+        return plan("waiting", None, since + policy.catchup_timeout, None)
+    else:
+        pool, reason = _frontier(view, claim.workload, ranked), "fallback"
+        base = since + policy.catchup_timeout
+    # Slots follow the full ranking, not the pool: a member that looks behind to us may
+    # be caught up in its own view, and its earlier slot keeps the two of us from
+    # claiming at the same moment.
+    first = next(i for i, n in enumerate(ranked) if n in pool)
+    mine = None
+    if view.me in pool:
+        mine = _slot(policy, base, ranked.index(view.me))
+    return plan(reason, ranked[first], _slot(policy, base, first), mine)
+
+
+def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
+    """A plan for every workload whose owner is dead (or left without handing it over)."""
+    _check_time(now)
+    plans: list[Takeover] = []
+    quorum: bool | None = None
+    for claim in view.claims:
+        owner = view.members.get(claim.owner)
+        if claim.owner == view.me or owner is None:
+            # Our own: we follow the table, never reclaim. Unknown owner: not known dead.
+            continue
+        if owner.state == DEAD:
+            since = owner.since
+        elif owner.state == LEFT and now >= owner.since + view.policy.orphan_after:
+            since = owner.since + view.policy.orphan_after
+        else:
+            continue
+        if quorum is None:
+            quorum = quorum_ok(view)
+        if not quorum:
+            plans.append(
+                Takeover(
+                    claim.workload,
+                    claim.owner,
+                    claim.epoch,
+                    None,
+                    "no_quorum",
+                    math.inf,
+                    None,
+                    coverage_target(view, claim.workload, claim.owner),
+                )
+            )
+            continue
+        plans.append(_plan_one(now, view, claim, since))
+    return plans
+
+
+def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
+    """Where each of `owner`'s workloads goes when `owner` leaves gracefully.
+
+    The leaving owner claims each for its successor at epoch + 1 before it announces its
+    departure, so there is no gap. The successor is the best-ranked eligible member
+    whose durable replica covers the owner's own durable vector; if none does, the
+    standby (`reason="handoff_sync"`: push the document to it and wait for its ack first).
+    """
+    _check_id(owner, "owner node id")
+    if owner not in view.members:
+        raise LocalError(f"{owner!r} is not a member this node knows")
+    plans: list[Takeover] = []
+    for claim in view.claims:
+        if claim.owner != owner:
+            continue
+        # The owner is alive and knows its own vector exactly, so it is the target.
+        target = coverage_target(view, claim.workload, owner).merge(
+            view.vector(owner, claim.workload)
+        )
+        ranked = rank(claim.workload, _eligible(view, owner))
+        if not ranked:
+            plans.append(
+                Takeover(
+                    claim.workload, owner, claim.epoch, None, "no_candidate", math.inf, None, target
+                )
+            )
+            continue
+        covering = [n for n in ranked if view.vector(n, claim.workload).covers(target)]
+        chosen, reason = (covering[0], "handoff") if covering else (ranked[0], "handoff_sync")
+        mine = -math.inf if owner == view.me else None
+        plans.append(
+            Takeover(claim.workload, owner, claim.epoch, chosen, reason, -math.inf, mine, target)
+        )
+    return plans
+
+
+def standbys(view: FailoverView) -> dict[str, tuple[str, str | None]]:
+    """For each workload whose owner is up: (owner, the member that would succeed it)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for claim in view.claims:
+        owner = view.members.get(claim.owner)
+        if owner is None or owner.state not in (ALIVE, SUSPECT):
+            continue
+        out[claim.workload] = (
+            claim.owner,
+            standby(claim.workload, claim.owner, _eligible(view, claim.owner)),
+        )
+    return out
+
+
+def standby_changes(
+    before: Mapping[str, tuple[str, str | None]], after: Mapping[str, tuple[str, str | None]]
+) -> list[StandbyAssigned]:
+    """`StandbyAssigned` for every workload whose (owner, standby) is new in `after`."""
+    return [
+        StandbyAssigned(w, owner, chosen)
+        for w, (owner, chosen) in sorted(after.items())
+        if before.get(w) != (owner, chosen)
+    ]
+
+
+def next_deadline(now: float, plans: Iterable[Takeover]) -> float:
+    """When to plan again for slots still ahead (inf if none): a claim, or the end of a wait."""
+    times = [t.not_before for t in plans if now < t.not_before < math.inf]
+    times += [t.my_slot for t in plans if t.my_slot is not None and now < t.my_slot]
+    return min(times, default=math.inf)
+
+
+# --- fencing and routing -----------------------------------------------------------------
+
+
+def fenced(me: str, believed: Mapping[str, int], claims: Iterable[Claim]) -> list[WorkloadFenced]:
+    """Workloads this node believed it owned (at the given epochs) that another node won."""
+    _check_id(me, "node id")
+    winners = {c.workload: c for c in claims}
+    out = []
+    for workload, epoch in sorted(believed.items()):
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise InvalidValue(f"believed epoch of {workload!r} must be an int >= 1, not {epoch!r}")
+        win = winners.get(workload)
+        # Equal epochs happen when two sides claimed at once; (epoch, owner) decides, as in
+        # the table's merge, so exactly one of the two is fenced.
+        if win is not None and win.owner != me and (win.epoch, win.owner) > (epoch, me):
+            out.append(WorkloadFenced(workload, win.owner, win.epoch, epoch))
+    return out
+
+
+def owner_changes(before: Iterable[Claim], after: Iterable[Claim]) -> list[OwnerChanged]:
+    """`OwnerChanged` for every workload whose winning claim differs between the two lists."""
+    old = {c.workload: c for c in before}
+    out = []
+    for claim in sorted(after):
+        prev = old.get(claim.workload)
+        if prev is None or (prev.owner, prev.epoch) != (claim.owner, claim.epoch):
+            out.append(
+                OwnerChanged(claim.workload, claim.owner, claim.epoch, prev.owner if prev else None)
+            )
+    return out
