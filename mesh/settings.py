@@ -99,6 +99,28 @@ class PeerSettings:
     leave_timeout: float = 2.0
     ready_lag: float = 2.0  # /readyz: how far behind peers (seconds) still counts as ready
 
+    def mesh_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `mesh.config.MeshConfig` (listen only when set: the CLI picks)."""
+        kwargs: dict[str, Any] = {
+            "node": self.node,
+            "data_dir": self.data,
+            "advertise": self.advertise,
+            "seeds": list(self.join),
+            "interfaces": list(self.interface) if self.mdns else [],
+            "mdns": self.mdns,
+            "cluster": self.cluster,
+            "key": self.key_file,
+            "insecure": self.insecure,
+            "http": self.http,
+            "profile": self.profile,
+            "seed": self.seed,
+            "commit_timeout": self.commit_timeout,
+            "leave_timeout": self.leave_timeout,
+        }
+        if self.listen is not None:
+            kwargs["listen"] = self.listen
+        return kwargs
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as str), for `--json` output and logs."""
         out: dict[str, Any] = {}

@@ -224,6 +224,36 @@ def test_readme_example_parses(tmp_path):
     assert s.log_format == "json" and s.insecure is False
 
 
+def test_mesh_kwargs_build_a_mesh_config(tmp_path):
+    from mesh.config import MeshConfig
+
+    key = tmp_path / "k.key"
+    key.write_text(format_key(random.Random(SEED).randbytes(32)))
+    key.chmod(0o600)
+    s = _resolve(
+        flags={
+            "node": "n1",
+            "data": str(tmp_path / "d"),
+            "key_file": str(key),
+            "listen": "127.0.0.1:0",
+            "join": ["127.0.0.1:7001"],
+            "interface": ["127.0.0.1"],
+            "cluster": "c",
+            "seed": 3,
+        }
+    )
+    config = MeshConfig(**s.mesh_kwargs())
+    assert (config.node, config.cluster, config.seeds, config.interfaces) == (
+        "n1",
+        "c",
+        ("127.0.0.1:7001",),
+        ("127.0.0.1",),
+    )
+    assert config.keyring is not None and config.seed == 3
+    off = _resolve(flags={**BASE, "interface": ["127.0.0.1"], "no_mdns": True}).mesh_kwargs()
+    assert off["interfaces"] == [] and off["mdns"] is False and "listen" not in off
+
+
 def test_to_dict_is_json(tmp_path):
     s = _resolve(flags={**BASE, "join": ["127.0.0.1:1"]})
     assert json.loads(json.dumps(s.to_dict()))["join"] == ["127.0.0.1:1"]
@@ -430,6 +460,28 @@ def test_secrets_are_redacted_everywhere(restore_logging):
             for line in text.splitlines():
                 if line.startswith("{"):
                     json.loads(line)
+
+
+def test_json_logs_of_a_real_process_parse(tmp_path):
+    import subprocess
+    import sys
+
+    program = (
+        "import logging, sys\n"
+        "from mesh.settings import configure_logging\n"
+        "configure_logging('json', 'info')\n"
+        "log = logging.getLogger('statemesh.child')\n"
+        "log.info('started', extra={'node': 'n1', 'token': 'tok-xyz'})\n"
+        "log.warning('multi\\nline')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [r["msg"] for r in records] == ["started", "multi\nline"]
+    assert records[0]["node"] == "n1" and records[0]["token"] == "[REDACTED]"
+    assert "tok-xyz" not in done.stderr
 
 
 def test_redact_leaves_ordinary_text_alone():
