@@ -19,10 +19,10 @@ entry ever written is never removed. Nested shared types are avoided on purpose:
 replicas that concurrently create a nested Map under one key end up with only one of
 them.
 
-Reads are served from an index rebuilt lazily after any transaction on the document
-(local or remote), which `doc.observe` tells us about. The state vector cannot serve as
-the cache key: an out-of-order update can change the map without advancing it. Keep one
-view per document (each view is one observer) and `close()` views you drop.
+Reads are served from an index that a map observer keeps current key by key, for local
+and remote transactions alike. (The state vector cannot serve as a cache key: an update
+applied across a gap can change the map without advancing it.) Keep one view per
+document, as each view is one observer, and `close()` views you drop.
 """
 
 from __future__ import annotations
@@ -52,9 +52,13 @@ def new_doc(client_id: int | None = None, *, rng: random.Random | None = None) -
     return Doc(client_id=client_id)
 
 
+# One encoder, built once: json.dumps with options builds a new encoder on every call.
+_encode_key = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def entry_key(name: str, version: int, writer: str) -> str:
     """The Map key of one entry: canonical JSON, so any (name, writer) strings are safe."""
-    return json.dumps([name, version, writer], ensure_ascii=False, separators=(",", ":"))
+    return _encode_key([name, version, writer])
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,54 +83,70 @@ class MaxEntries:
         self.doc = doc
         self.root = root
         self.map = doc.get(root, type=Map)
-        self._index: dict[str, Entry] | None = None
+        # name -> {map key -> entry}; None until first read, and again after anything
+        # unexpected, which makes the next read rebuild it from the map.
+        self._by_name: dict[str, dict[str, Entry]] | None = None
+        self._name_of: dict[str, str] = {}
         self._closed = False
-        self._keys: dict[str, list[str]] = {}
-        # The callback only drops the cache: it must not raise (exceptions in observers
-        # surface as an ExceptionGroup from the writer's transaction). It holds a weak
-        # reference so a dropped view does not live on as long as its document.
+        # The map observer keeps the index current key by key, so a write or a received
+        # update costs O(changed keys), not a rebuild. It must never raise (exceptions in
+        # observers surface as an ExceptionGroup from the writer's transaction), and it
+        # holds a weak reference so a dropped view does not live as long as its document.
         ref = weakref.ref(self)
 
-        def invalidate(_event: object) -> None:
+        def on_change(event: Any) -> None:
             view = ref()
-            if view is not None:
-                view._index = None
-
-        self._subscription = doc.observe(invalidate)
-
-    def _build(self) -> dict[str, Entry]:
-        index: dict[str, Entry] = {}
-        keys: dict[str, list[str]] = {}
-        for key, raw in self.map.items():
-            # A malformed entry (from a buggy or hostile peer) is skipped here so reads
-            # keep working; `validate` reports it.
+            if view is None or view._by_name is None:
+                return
             try:
-                entry = parse_entry(self.root, key, raw)
-            except SchemaError:
-                continue
-            keys.setdefault(entry.name, []).append(key)
-            best = index.get(entry.name)
-            if best is None or entry.rank > best.rank:
-                index[entry.name] = entry
-        self._keys = keys
-        if not self._closed:
-            self._index = index
-        return index
+                for key, change in event.keys.items():
+                    view._forget(key)
+                    if change.get("action") != "delete":
+                        view._learn(key, change.get("newValue"))
+            except Exception:
+                view._by_name = None
+
+        self._subscription: Any = self.map.observe(on_change)
+
+    def _forget(self, key: str) -> None:
+        name = self._name_of.pop(key, None)
+        if name is not None and self._by_name is not None:
+            entries = self._by_name[name]
+            entries.pop(key, None)
+            if not entries:
+                del self._by_name[name]
+
+    def _learn(self, key: str, raw: Any) -> None:
+        # A malformed entry (from a buggy or hostile peer) is left out so reads keep
+        # working; `parse_entries` (schema validation) reports it.
+        try:
+            entry = parse_entry(self.root, key, raw)
+        except SchemaError:
+            return
+        assert self._by_name is not None
+        self._by_name.setdefault(entry.name, {})[key] = entry
+        self._name_of[key] = entry.name
+
+    def _index(self) -> dict[str, dict[str, Entry]]:
+        if self._by_name is not None and not self._closed:
+            return self._by_name
+        self._by_name, self._name_of = {}, {}
+        # One to_py() call: reading key by key costs a Rust round trip per entry.
+        for key, raw in (self.map.to_py() or {}).items():
+            self._learn(key, raw)
+        return self._by_name
 
     def winners(self) -> dict[str, Entry]:
         """{name: winning entry} (a fresh dict)."""
-        index = self._index if self._index is not None else self._build()
-        return dict(index)
+        return {name: max(entries.values(), key=_rank) for name, entries in self._index().items()}
 
     def winner(self, name: str) -> Entry | None:
         """The winning entry for `name`, or None."""
-        index = self._index if self._index is not None else self._build()
-        return index.get(name)
+        entries = self._index().get(name)
+        return None if not entries else max(entries.values(), key=_rank)
 
     def write(self, entry: Entry) -> None:
         """Add `entry` and prune what it supersedes, in one transaction."""
-        if self._index is None:
-            self._build()
         value = {
             "name": entry.name,
             "version": entry.version,
@@ -135,47 +155,59 @@ class MaxEntries:
         }
         check_value(value, path=f"{self.root}[{entry.name!r}]")
         new_key = entry_key(entry.name, entry.version, entry.writer)
-        stale = []
-        for key in self._keys.get(entry.name, []):
-            if key != new_key:
-                old = parse_entry(self.root, key, self.map[key])
-                if old.rank < entry.rank:
-                    stale.append(key)
+        known = self._index().get(entry.name, {})
+        stale = [k for k, old in known.items() if k != new_key and old.rank < entry.rank]
         with self.doc.transaction():
             self.map[new_key] = value
             for key in stale:
                 del self.map[key]
 
     def close(self) -> None:
-        """Stop listening to the document (reads then rebuild the index every time)."""
+        """Stop observing the document (reads then rebuild the index every time)."""
         if self._subscription is not None:
-            self.doc.unobserve(self._subscription)
+            self.map.unobserve(self._subscription)
             self._subscription = None
         self._closed = True
 
 
+def _rank(entry: Entry) -> tuple[int, str]:
+    return entry.rank
+
+
 def parse_entries(doc: Doc, root: str) -> list[Entry]:
     """Parse every entry of root Map `root`; `SchemaError` naming the first malformed one."""
-    return [parse_entry(root, key, raw) for key, raw in doc.get(root, type=Map).items()]
+    return [
+        parse_entry(root, key, raw) for key, raw in (doc.get(root, type=Map).to_py() or {}).items()
+    ]
+
+
+_FIELDS = {"name", "version", "writer", "value"}
 
 
 def parse_entry(root: str, key: Any, raw: Any) -> Entry:
     """Check one stored entry; `SchemaError` naming the key if it is malformed."""
-    path = f"{root}[{key!r}]"
+    # Written for speed as well as strictness: a replica indexes every entry on load.
     if not isinstance(raw, dict):
-        raise SchemaError(path, f"entry must be a map, got {type(raw).__name__}")
-    raw = from_stored(raw)
-    if set(raw) != {"name", "version", "writer", "value"}:
-        raise SchemaError(path, f"entry fields are {sorted(raw)}")
-    name, version, writer = raw["name"], raw["version"], raw["writer"]
+        raise SchemaError(f"{root}[{key!r}]", f"entry must be a map, got {type(raw).__name__}")
+    if raw.keys() != _FIELDS:
+        raise SchemaError(f"{root}[{key!r}]", f"entry fields are {sorted(raw)}")
+    name, version, writer, value = raw["name"], raw["version"], raw["writer"], raw["value"]
     if not isinstance(name, str) or not isinstance(writer, str):
-        raise SchemaError(path, "entry name and writer must be strings")
+        raise SchemaError(f"{root}[{key!r}]", "entry name and writer must be strings")
+    if isinstance(version, float) and version.is_integer():
+        version = int(version)  # pycrdt hands every number back as a float
     if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= MAX_INT:
-        raise SchemaError(path, f"entry version must be an int in 0..2**53, got {version!r}")
+        raise SchemaError(
+            f"{root}[{key!r}]", f"entry version must be an int in 0..2**53, got {version!r}"
+        )
     if key != entry_key(name, version, writer):
-        raise SchemaError(path, "entry key does not match its name, version and writer")
-    try:
-        check_value(raw["value"], path=f"{path}.value")
-    except InvalidValue as exc:
-        raise SchemaError(f"{path}.value", str(exc)) from None
-    return Entry(name, version, writer, raw["value"])
+        raise SchemaError(
+            f"{root}[{key!r}]", "entry key does not match its name, version and writer"
+        )
+    if value is not None:
+        value = from_stored(value)
+        try:
+            check_value(value, path=f"{root}[{key!r}].value")
+        except InvalidValue as exc:
+            raise SchemaError(f"{root}[{key!r}].value", str(exc)) from None
+    return Entry(name, version, writer, value)
