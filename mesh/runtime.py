@@ -318,6 +318,9 @@ class Mesh:
                 raise CommitTimeout(f"{doc_id}: not durable on this node after {timeout} s")
             if pending.batch.error is not None:
                 raise pending.batch.error
+            # Record durable vectors (and send the acks) now rather than when the
+            # durability task next runs, so what commit reports is what peers are told.
+            self._mark_done()
         replicator = self.node.replicator
         while True:
             holders = replicator.replicas_covering(doc_id, target)
