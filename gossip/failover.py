@@ -63,10 +63,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from crdt_types.errors import InvalidValue, LocalError
 from crdt_types.ownership import Claim
-from crdt_types.vv import Order, VersionVector
+from crdt_types.vv import VersionVector, decode_state_vector
 from gossip.events import OwnerChanged, StandbyAssigned, TakeoverPlanned, WorkloadFenced
 from gossip.messages import ALIVE, DEAD, LEFT, MEMBER_STATES, SUSPECT
 from gossip.quorum import AVAILABILITY, MAJORITY, POLICIES, has_quorum
@@ -76,6 +77,7 @@ __all__ = [
     "CLAIM_REASONS",
     "FailoverPolicy",
     "FailoverView",
+    "MemberRecord",
     "MemberView",
     "OwnerChanged",
     "StandbyAssigned",
@@ -227,28 +229,78 @@ class FailoverView:
 
     def vector(self, node: str, workload: str) -> VersionVector:
         """`node`'s reported durable vector of `workload` (empty if unknown)."""
-        got = self.durable(node, workload)
+        return VersionVector.from_dict(_Vectors(self).get(node, workload))
+
+
+class _Vectors:
+    """The durable vectors one decision reads, each decoded once, as {client: clock}."""
+
+    __slots__ = ("view", "_by_key", "_by_bytes")
+
+    def __init__(self, view: FailoverView) -> None:
+        self.view = view
+        self._by_key: dict[tuple[str, str], dict[int, int]] = {}
+        self._by_bytes: dict[bytes, dict[int, int]] = {}
+
+    def get(self, node: str, workload: str) -> dict[int, int]:
+        key = (node, workload)
+        got = self._by_key.get(key)
         if got is None:
-            return VersionVector()
+            got = self._by_key[key] = self._decode(node, workload)
+        return got
+
+    def _decode(self, node: str, workload: str) -> dict[int, int]:
+        got = self.view.durable(node, workload)
+        if got is None:
+            return {}
         if isinstance(got, VersionVector):
-            return got
-        if isinstance(got, bytes | bytearray | memoryview):
+            return got.as_dict()
+        if not isinstance(got, bytes | bytearray | memoryview):
+            raise InvalidValue(f"durable({node!r}, {workload!r}) returned {type(got).__name__}")
+        raw = bytes(got)
+        clocks = self._by_bytes.get(raw)
+        if clocks is None:
             try:
-                return VersionVector.from_state_vector(got)
+                clocks = decode_state_vector(raw)
             except InvalidValue as exc:
                 raise InvalidValue(
                     f"durable vector of {workload!r} on {node!r} is malformed: {exc}"
                 ) from None
-        raise InvalidValue(f"durable({node!r}, {workload!r}) returned {type(got).__name__}")
+            self._by_bytes[raw] = clocks
+        return clocks
+
+    def target(self, workload: str, owner: str) -> dict[int, int]:
+        # What live members other than the owner reported, merged.
+        merged: dict[int, int] = {}
+        for node, m in self.view.members.items():
+            if node != owner and m.state in (ALIVE, SUSPECT):
+                _merge_into(merged, self.get(node, workload))
+        return merged
 
 
-def member_views(members: Iterable[object], ready: Callable[[str], bool]) -> dict[str, MemberView]:
-    """MemberViews from objects with `node`, `state` and `since` (e.g. membership records)."""
-    out: dict[str, MemberView] = {}
-    for m in members:
-        node = m.node  # type: ignore[attr-defined]
-        out[node] = MemberView(node, m.state, m.since, bool(ready(node)))  # type: ignore[attr-defined]
-    return out
+def _merge_into(into: dict[int, int], other: dict[int, int]) -> None:
+    for client, clock in other.items():
+        if clock > into.get(client, 0):
+            into[client] = clock
+
+
+def _covers(mine: dict[int, int], other: dict[int, int]) -> bool:
+    return all(mine.get(client, 0) >= clock for client, clock in other.items())
+
+
+class MemberRecord(Protocol):
+    """What `member_views` reads from a membership record (`gossip.membership.Member`)."""
+
+    node: str
+    state: str
+    since: float
+
+
+def member_views(
+    members: Iterable[MemberRecord], ready: Callable[[str], bool]
+) -> dict[str, MemberView]:
+    """MemberViews from membership records and a readiness test per node id."""
+    return {m.node: MemberView(m.node, m.state, m.since, bool(ready(m.node))) for m in members}
 
 
 # --- decisions ---------------------------------------------------------------------------
@@ -309,20 +361,16 @@ def _eligible(view: FailoverView, owner: str) -> list[str]:
 
 def coverage_target(view: FailoverView, workload: str, owner: str) -> VersionVector:
     """The merge of durable vectors of `workload` reported by live members other than `owner`."""
-    target = VersionVector()
-    for node, m in view.members.items():
-        if node != owner and m.state in (ALIVE, SUSPECT):
-            target = target.merge(view.vector(node, workload))
-    return target
+    return VersionVector.from_dict(_Vectors(view).target(workload, owner))
 
 
-def _frontier(view: FailoverView, workload: str, nodes: list[str]) -> set[str]:
-    # The most caught-up: members no other candidate strictly dominates.
-    vectors = {n: view.vector(n, workload) for n in nodes}
+def _frontier(vectors: _Vectors, workload: str, nodes: list[str]) -> set[str]:
+    # The most caught-up: members whose vector no other candidate's strictly dominates.
+    vs = {n: vectors.get(n, workload) for n in nodes}
     return {
         n
         for n in nodes
-        if not any(vectors[n].compare(vectors[o]) is Order.BEFORE for o in nodes if o != n)
+        if not any(_covers(vs[o], vs[n]) and not _covers(vs[n], vs[o]) for o in nodes if o != n)
     }
 
 
@@ -330,25 +378,32 @@ def _slot(policy: FailoverPolicy, base: float, index: int) -> float:
     return base + min(index, policy.max_slots) * policy.stagger
 
 
-def _plan_one(now: float, view: FailoverView, claim: Claim, since: float) -> Takeover:
+def _plan_one(
+    now: float,
+    view: FailoverView,
+    vectors: _Vectors,
+    eligible: list[str],
+    claim: Claim,
+    since: float,
+) -> Takeover:
     policy = view.policy
-    target = coverage_target(view, claim.workload, claim.owner)
+    w = claim.workload
+    target = vectors.target(w, claim.owner)
 
     def plan(reason: str, successor: str | None, at: float, mine: float | None) -> Takeover:
-        return Takeover(
-            claim.workload, claim.owner, claim.epoch, successor, reason, at, mine, target
-        )
+        vv = VersionVector.from_dict(target)
+        return Takeover(w, claim.owner, claim.epoch, successor, reason, at, mine, vv)
 
-    ranked = rank(claim.workload, _eligible(view, claim.owner))
+    ranked = rank(w, eligible)
     if not ranked:
         return plan("no_candidate", None, math.inf, None)
-    covering = {n for n in ranked if view.vector(n, claim.workload).covers(target)}
+    covering = {n for n in ranked if _covers(vectors.get(n, w), target)}
     if covering:
         pool, reason, base = covering, "caught_up", since
     elif now < since + policy.catchup_timeout:
         return plan("waiting", None, since + policy.catchup_timeout, None)
     else:
-        pool, reason = _frontier(view, claim.workload, ranked), "fallback"
+        pool, reason = _frontier(vectors, w, ranked), "fallback"
         base = since + policy.catchup_timeout
     # Slots follow the full ranking, not the pool: a member that looks behind to us may
     # be caught up in its own view, and its earlier slot keeps the two of us from
@@ -365,6 +420,8 @@ def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
     _check_time(now)
     plans: list[Takeover] = []
     quorum: bool | None = None
+    vectors = _Vectors(view)
+    eligible: dict[str, list[str]] = {}
     for claim in view.claims:
         owner = view.members.get(claim.owner)
         if claim.owner == view.me or owner is None:
@@ -379,6 +436,7 @@ def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
         if quorum is None:
             quorum = quorum_ok(view)
         if not quorum:
+            target = VersionVector.from_dict(vectors.target(claim.workload, claim.owner))
             plans.append(
                 Takeover(
                     claim.workload,
@@ -388,11 +446,13 @@ def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
                     "no_quorum",
                     math.inf,
                     None,
-                    coverage_target(view, claim.workload, claim.owner),
+                    target,
                 )
             )
             continue
-        plans.append(_plan_one(now, view, claim, since))
+        if claim.owner not in eligible:
+            eligible[claim.owner] = _eligible(view, claim.owner)
+        plans.append(_plan_one(now, view, vectors, eligible[claim.owner], claim, since))
     return plans
 
 
@@ -408,14 +468,16 @@ def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
     if owner not in view.members:
         raise LocalError(f"{owner!r} is not a member this node knows")
     plans: list[Takeover] = []
+    vectors = _Vectors(view)
+    eligible = _eligible(view, owner)
     for claim in view.claims:
         if claim.owner != owner:
             continue
         # The owner is alive and knows its own vector exactly, so it is the target.
-        target = coverage_target(view, claim.workload, owner).merge(
-            view.vector(owner, claim.workload)
-        )
-        ranked = rank(claim.workload, _eligible(view, owner))
+        clocks = vectors.target(claim.workload, owner)
+        _merge_into(clocks, vectors.get(owner, claim.workload))
+        target = VersionVector.from_dict(clocks)
+        ranked = rank(claim.workload, eligible)
         if not ranked:
             plans.append(
                 Takeover(
@@ -423,7 +485,7 @@ def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
                 )
             )
             continue
-        covering = [n for n in ranked if view.vector(n, claim.workload).covers(target)]
+        covering = [n for n in ranked if _covers(vectors.get(n, claim.workload), clocks)]
         chosen, reason = (covering[0], "handoff") if covering else (ranked[0], "handoff_sync")
         mine = -math.inf if owner == view.me else None
         plans.append(
@@ -435,13 +497,16 @@ def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
 def standbys(view: FailoverView) -> dict[str, tuple[str, str | None]]:
     """For each workload whose owner is up: (owner, the member that would succeed it)."""
     out: dict[str, tuple[str, str | None]] = {}
+    eligible: dict[str, list[str]] = {}
     for claim in view.claims:
         owner = view.members.get(claim.owner)
         if owner is None or owner.state not in (ALIVE, SUSPECT):
             continue
+        if claim.owner not in eligible:
+            eligible[claim.owner] = _eligible(view, claim.owner)
         out[claim.workload] = (
             claim.owner,
-            standby(claim.workload, claim.owner, _eligible(view, claim.owner)),
+            standby(claim.workload, claim.owner, eligible[claim.owner]),
         )
     return out
 

@@ -35,22 +35,29 @@ def _encode_id(value: object, what: str) -> bytes:
         raise InvalidValue(f"{what} is not valid UTF-8 ({exc.reason})") from None
 
 
+def _prefixed(value: bytes) -> bytes:
+    # Length prefixes: ("ab", "c") and ("a", "bc") must not hash alike.
+    return len(value).to_bytes(4, "big") + value
+
+
 def weight(workload: str, node: str) -> int:
     """The 64-bit rendezvous weight of `node` for `workload`."""
-    w = _encode_id(workload, "workload id")
-    n = _encode_id(node, "node id")
-    # Length prefixes: ("ab", "c") and ("a", "bc") must not hash alike.
-    h = blake3.blake3(_DOMAIN)
-    h.update(len(w).to_bytes(4, "big") + w)
-    h.update(len(n).to_bytes(4, "big") + n)
+    h = blake3.blake3(_DOMAIN + _prefixed(_encode_id(workload, "workload id")))
+    h.update(_prefixed(_encode_id(node, "node id")))
     return int.from_bytes(h.digest(8), "big")
 
 
 def rank(workload: str, nodes: Iterable[str]) -> list[str]:
     """`nodes` (duplicates dropped) ordered by rendezvous weight for `workload`, best first."""
-    _encode_id(workload, "workload id")
-    unique = set(nodes)
-    return sorted(unique, key=lambda n: (weight(workload, n), n), reverse=True)
+    base = blake3.blake3(_DOMAIN + _prefixed(_encode_id(workload, "workload id")))
+
+    def key(node: str) -> tuple[int, str]:
+        # Same bytes as `weight`, with the workload's prefix hashed once per ranking.
+        h = base.copy()
+        h.update(_prefixed(_encode_id(node, "node id")))
+        return int.from_bytes(h.digest(8), "big"), node
+
+    return sorted(set(nodes), key=key, reverse=True)
 
 
 def successor(workload: str, candidates: Iterable[str]) -> str | None:

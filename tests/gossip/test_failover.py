@@ -148,6 +148,11 @@ def test_successor_and_claimants_are_alive_ready_and_not_the_owner(mesh, seed):
                     continue
                 assert who != owner, (seed, mesh)
                 assert states[who] == ALIVE and who not in unready, (seed, mesh, t)
+            if t.reason == "caught_up" and t.my_slot is not None:
+                # This node claims only if it holds everything any live member reported.
+                assert clocks[me] == max(
+                    clocks[x] for x in nodes if x != owner and states[x] in (ALIVE, SUSPECT)
+                ), (seed, mesh, t)
             if t.reason == "caught_up":
                 # Nobody who is behind the target is ever the successor while caught up.
                 assert clocks[t.successor] == max(

@@ -40,6 +40,8 @@ def test_every_listing_order_gives_the_same_ranking(nodes, workload, seed):
     shuffled = nodes[:] + nodes[: len(nodes) // 2]  # duplicates too
     random.Random(seed).shuffle(shuffled)
     assert rank(workload, shuffled) == rank(workload, nodes), seed
+    by_weight = sorted(nodes, key=lambda n: (weight(workload, n), n), reverse=True)
+    assert rank(workload, nodes) == by_weight
     assert successor(workload, shuffled) == successor(workload, nodes) in nodes
 
 
