@@ -33,6 +33,8 @@ REQUEST_TIMEOUT = 10.0
 MAX_HEAD_BYTES = 16 * 1024
 MAX_CONNECTIONS = 64
 _READ = 16 * 1024
+LINGER_SECONDS = 1.0
+LINGER_READS = 64
 
 Handler = Callable[[Any, str], tuple[int, Any]]
 
@@ -106,6 +108,14 @@ async def _serve_one(mesh: Any, stream: trio.SocketStream) -> None:
             data += conn.send(h11.Data(data=body))
             data += conn.send(h11.EndOfMessage())
             await stream.send_all(data)
+            # Lingering close: closing with unread input makes the kernel send a reset,
+            # which can destroy the response before the client reads it. Read and discard
+            # a bounded amount first.
+            await stream.send_eof()
+            with trio.move_on_after(LINGER_SECONDS):
+                for _ in range(LINGER_READS):
+                    if not await stream.receive_some(_READ):
+                        break
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away or spoke nonsense: nothing left to tell it
     await trio.aclose_forcefully(stream)
