@@ -53,7 +53,10 @@ import msgpack
 import pycrdt
 import trio
 
+from crdt_types.docs import new_doc as _new_pycrdt_doc
 from crdt_types.errors import CorruptRecord, DiskFull, InvalidValue, StorageError, StoreClosed
+from crdt_types.fingerprint import fingerprint_hex
+from crdt_types.schema import validate_document
 
 DB_NAME = "statemesh.sqlite3"
 LOCK_NAME = "statemesh.lock"
@@ -454,7 +457,7 @@ class Store:
     def new_doc(self, doc_id: str) -> pycrdt.Doc:
         """A fresh empty document with a newly recorded client id, for a new document id."""
         _check_doc_id(doc_id)
-        return _make_doc(self.new_client_id(doc_id))
+        return _new_pycrdt_doc(self.new_client_id(doc_id))
 
     # --- reading ----------------------------------------------------------------------
 
@@ -514,7 +517,7 @@ class Store:
         # The id is drawn before building (a client id is fixed when a Doc is made); in the
         # rare case it already appears in the document's history, draw again and rebuild.
         for _ in range(_CLIENT_ID_TRIES):
-            doc, err = _apply(_make_doc(client_id), plan, plan.doc_id, salvage=salvage)
+            doc, err = _apply(_new_pycrdt_doc(client_id), plan, plan.doc_id, salvage=salvage)
             clients = _state_vector_clients(doc.get_state())
             if client_id not in clients:
                 break
@@ -673,8 +676,6 @@ class Store:
             doc_ids = self.documents()
         except StorageError as exc:
             return Report(documents=(), errors=(*errors, str(exc)))
-        fingerprint_hex = _optional("crdt_types.fingerprint", "fingerprint_hex")
-        validate = _optional("crdt_types.schema", "validate_document") if schema else None
         reports = []
         for doc_id in doc_ids:
             info = self.info(doc_id)
@@ -686,11 +687,10 @@ class Store:
                 doc, apply_error = _apply(pycrdt.Doc(), plan, doc_id, salvage=True)
                 if apply_error is not None:
                     problems.append(str(apply_error))
-                if fingerprint_hex is not None:
-                    fp = fingerprint_hex(doc)
-                if validate is not None and not problems:
+                fp = fingerprint_hex(doc)
+                if schema and not problems:
                     try:
-                        validate(doc_id, doc)
+                        validate_document(doc_id, doc)
                     except ValueError as exc:  # SchemaError, or a value it could not read
                         problems.append(f"document {doc_id!r}: schema: {exc}")
                 error = "; ".join(problems) or None
@@ -757,13 +757,6 @@ def _apply(
 
 
 _MERGE = 64
-
-
-def _make_doc(client_id: int) -> pycrdt.Doc:
-    new_doc = _optional("crdt_types.docs", "new_doc")
-    if new_doc is not None:
-        return new_doc(client_id=client_id)
-    return pycrdt.Doc(client_id=client_id)
 
 
 def _state_vector_clients(sv: bytes) -> set[int]:
@@ -899,16 +892,6 @@ def _check_format(conn: sqlite3.Connection) -> None:
     if row is None or row[0] != FORMAT_VERSION:
         found = None if row is None else row[0]
         raise StorageError(f"store format {found!r} is not supported (want {FORMAT_VERSION})")
-
-
-def _optional(module: str, name: str):
-    """A function from a sibling module that may not exist yet in this tree."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ModuleNotFoundError, AttributeError):
-        return None
 
 
 # --- trio: group commit --------------------------------------------------------------------------
