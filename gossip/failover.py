@@ -19,9 +19,10 @@ failed owner. They are ranked by rendezvous hashing over (workload, node)
 (`gossip.successor`), the same order on every peer. The *coverage target* of a session is
 the merge of the durable vectors reported for its document by every live member but the
 owner (for this node: its own durable vector, known exactly). A write acknowledged with
-`replicas=W` is durable on W members besides the owner, so while one of them is alive its
-report is in the target and only members holding that write cover it. The successor is
-the best-ranked eligible member whose reported durable vector covers the target.
+`replicas=W` is durable on W members besides the owner (their `ReplicaAck` said so), so
+once the report of one of them that is still alive has reached this peer (acks and
+anti-entropy carry durable vectors), only members holding that write cover the target.
+The successor is the best-ranked eligible member whose reported durable vector covers it.
 
 Reported vectors are lower bounds that may be stale: a peer that received an update as a
 duplicate does not ack it to everyone, so peers can disagree about who is caught up. The
@@ -158,7 +159,9 @@ class FailoverPolicy:
     """How failover trades safety for availability, and its timings (seconds)."""
 
     split_brain: str = MAJORITY  # or AVAILABILITY: any side may take over
-    stagger: float = 0.25  # between successive claim slots; above gossip spread
+    # Between successive claim slots: one LAN gossip round (0.2 s) plus margin, so the
+    # first claim usually reaches the next candidate before its slot.
+    stagger: float = 0.25
     catchup_timeout: float = 2.0  # how long to wait for a caught-up successor
     orphan_after: float = 5.0  # a left owner's unclaimed sessions are taken after this
     max_slots: int = 8  # slot index cap, so a large mesh waits at most this many staggers

@@ -652,3 +652,52 @@ def test_member_views_from_membership_records():
     m = Membership("a", "127.0.0.1:1", lan(), random.Random(1))
     views = member_views(m.members.values(), ready=lambda n: n == "a")
     assert views == {"a": MemberView("a", ALIVE, 0.0, True)}
+
+
+@pytest.mark.parametrize("policy", [MAJORITY, AVAILABILITY])
+def test_partition_3_2_then_heal_leaves_one_owner_per_session(policy):
+    """Both sides plan on their own table replica, claim, then the replicas merge."""
+    rng = random.Random(5)
+    nodes = ["a", "b", "c", "d", "e"]
+    sides = (["a", "b", "c"], ["d", "e"])
+    base = OwnershipTable(new_doc(rng=rng))
+    for i in range(30):
+        base.claim(f"session/{i}", nodes[i % 5], 1)
+    tables = []
+    for side, other in (sides, sides[::-1]):
+        table = OwnershipTable(new_doc(rng=rng))
+        _sync(base, table)
+        states = dict.fromkeys(side, ALIVE) | dict.fromkeys(other, DEAD)
+        pol = FailoverPolicy(split_brain=policy, stagger=STAGGER)
+        for me in side:  # every member of the side plans; the due ones claim
+            for t in plan_takeovers(
+                10.0, view(me, states, table.claims(), stable=nodes, policy=pol)
+            ):
+                if t.claim_due(10.0) and table.epoch_of(t.workload) < t.epoch:
+                    table.claim(t.workload, me, t.epoch)
+        tables.append(table)
+    majority, minority = tables
+    # What each node believed it owned on its own side just before the heal.
+    beliefs = {n: _owned(majority, n) for n in sides[0]}
+    beliefs |= {n: _owned(minority, n) for n in sides[1]}
+    _sync(majority, minority)
+    assert majority.claims() == minority.claims()
+    merged = {c.workload: c for c in majority.claims()}
+    originally = {f"session/{i}": nodes[i % 5] for i in range(30)}
+    for w, c in merged.items():
+        moved = originally[w] in sides[1] or policy == AVAILABILITY
+        assert c.epoch == (2 if moved else 1), (w, c)
+        # Under the majority rule the minority took nothing: every owner is on the 3 side.
+        assert policy == AVAILABILITY or c.owner in sides[0]
+    for n in nodes:
+        events = fenced(n, beliefs[n], merged.values())
+        lost = {w for w, o in originally.items() if o == n and merged[w].owner != n}
+        assert {e.workload for e in events} == lost, n
+        assert all(e.owner != n and (e.epoch, e.owner) > (e.fenced_epoch, n) for e in events)
+        # Exactly the old owners are fenced: d and e under the majority rule, everyone
+        # whose session the other side claimed under availability.
+        assert bool(lost) == (n in sides[1] or policy == AVAILABILITY)
+
+
+def _owned(table: OwnershipTable, node: str) -> dict[str, int]:
+    return {c.workload: c.epoch for c in table.claims() if c.owner == node}
