@@ -1,0 +1,203 @@
+"""`statemesh peer` as a real process on loopback: flags, the ready line, signals, restart.
+
+Peers run with `--no-mdns` or `--interface 127.0.0.1` (never the machine's real
+interfaces) and port 0. Their /status is read over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from gossip.keyring import write_key_file
+
+pytestmark = pytest.mark.timeout(120)
+
+STATEMESH = [sys.executable, "-m", "cli.main"]
+
+
+def run_peer(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*STATEMESH, "peer", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+class Peer:
+    """A running `statemesh peer`, killed by pid when the test ends."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*STATEMESH, "peer", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.ready = json.loads(self.line(30))
+
+    def line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+        raise AssertionError(f"no line from peer; stderr: {self.stop_hard()}")
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"http://{self.ready['http']}/status", timeout=5) as r:
+            return json.loads(r.read())
+
+    def states(self) -> dict[str, str]:
+        return {m["node"]: m["state"] for m in self.status()["members"]}
+
+    def stop_hard(self) -> str:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def peers():
+    made: list[Peer] = []
+
+    def start(*args: str) -> Peer:
+        peer = Peer(*args)
+        made.append(peer)
+        return peer
+
+    yield start
+    for peer in made:
+        peer.stop_hard()
+
+
+def wait_for(check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def loopback(tmp_path, name: str, *extra: str) -> list[str]:
+    return [
+        "--node", name, "--data", str(tmp_path / name), "--listen", "127.0.0.1:0",
+        "--http", "127.0.0.1:0", "--no-mdns", "--insecure", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--node", "a", "--data", "{tmp}/a"], "no cluster key"),
+        (["--node", "a", "--insecure"], "--data"),
+        (["--data", "{tmp}/a", "--insecure"], "--node"),
+        (["--node", "a", "--data", "{tmp}/a", "--insecure", "--key-file", "k"], "not allowed"),
+        (["--node", "a", "--data", "{tmp}/a", "--key-file", "{tmp}/missing"], "does not exist"),
+        (["--node", "a", "--data", "{tmp}/a", "--insecure", "--listen", "x:1"], "numeric"),
+        (["--node", "a", "--data", "{tmp}/a", "--insecure", "--join", "nope"], "host:port"),
+        (["--node", "a", "--data", "{tmp}/a", "--insecure", "--profile", "fast"], "profile"),
+        (["--node", "a", "--data", "{tmp}/a", "--insecure", "--interface", "eth0"], "IPv4"),
+        (["--node", "a", "--data", "{tmp}/file", "--insecure", "--no-mdns"], "not a directory"),
+        (["--node", "a", "--data", "/proc/statemesh", "--insecure", "--no-mdns"], "data dir"),
+    ],
+)
+def test_bad_flags_and_unusable_data_dirs_exit_2_with_one_line(tmp_path, capsys, args, message):
+    # In-process for speed (the command's own entry point); the real process is below.
+    from cli.main import main
+
+    (tmp_path / "file").write_text("not a directory")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--listen" not in args:
+        args += ["--listen", "127.0.0.1:0"]
+    try:
+        code = main(["peer", *args])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    assert code == 2, out
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("statemesh peer: error:"), out.err
+    assert message in lines[0], lines[0]
+    assert out.out == ""
+    assert not (tmp_path / "a" / "statemesh.sqlite3").exists()
+
+
+def test_missing_key_exits_2_from_the_real_process(tmp_path):
+    out = run_peer("--node", "a", "--data", str(tmp_path / "a"), "--no-mdns")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "statemesh keygen" in out.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_ready_line_then_sigterm_leaves_gracefully_and_exits_0(tmp_path, peers):
+    a = peers(*loopback(tmp_path, "a"))
+    assert a.ready["event"] == "ready" and a.ready["node"] == "a"
+    assert a.ready["address"].startswith("127.0.0.1:") and a.ready["documents"] == 0
+    b = peers(*loopback(tmp_path, "b", "--join", a.ready["address"]))
+    wait_for(lambda: a.states() == {"a": "alive", "b": "alive"})
+    t0 = time.monotonic()
+    os.kill(b.proc.pid, signal.SIGTERM)
+    assert b.proc.wait(timeout=10) == 0
+    assert json.loads(b.line(5)) == {"event": "stopped", "node": "b"}
+    assert time.monotonic() - t0 < 10
+    # A graceful leave is "left", never "dead" (no failover for a planned exit).
+    wait_for(lambda: a.states().get("b") == "left")
+
+
+def test_sigint_also_leaves_gracefully(tmp_path, peers):
+    a = peers(*loopback(tmp_path, "a"))
+    os.kill(a.proc.pid, signal.SIGINT)
+    assert a.proc.wait(timeout=10) == 0
+
+
+def test_sigkill_then_restart_from_the_data_dir_rejoins_with_state(tmp_path, peers):
+    key = tmp_path / "cluster.key"
+    write_key_file(key, os.urandom(32))
+    keyed = ["--key-file", str(key)]
+
+    def args(name, *extra):
+        return [a for a in loopback(tmp_path, name, *keyed, *extra) if a != "--insecure"]
+
+    a = peers(*args("a"))
+    # A writer that embeds the API as a third node puts a session into the mesh.
+    writer = (
+        "import sys, trio\n"
+        "from mesh import MeshConfig, open_mesh\n"
+        "async def main():\n"
+        "    cfg = MeshConfig(node='w', data_dir=sys.argv[1], seeds=[sys.argv[2]], key=sys.argv[3])\n"
+        "    async with open_mesh(cfg) as m:\n"
+        "        s = await m.session('kept')\n"
+        "        s.state.append_message('user', 'survives a SIGKILL')\n"
+        "        print(await s.commit(replicas=1, timeout=10), s.fingerprint())\n"
+        "trio.run(main)\n"
+    )
+    b = peers(*args("b", "--join", a.ready["address"]))
+    wait_for(lambda: a.states().get("b") == "alive")
+    out = subprocess.run(
+        [sys.executable, "-c", writer, str(tmp_path / "w"), b.ready["address"], str(key)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    fingerprint = out.stdout.split()[-1]
+    assert "'b'" in out.stdout
+    b.stop_hard()
+    wait_for(lambda: a.states().get("b") == "dead")
+    b2 = peers(*args("b", "--join", a.ready["address"]))
+    assert b2.ready["documents"] == 1
+    wait_for(lambda: a.states().get("b") == "alive" and b2.states().get("a") == "alive")
+    with urllib.request.urlopen(f"http://{b2.ready['http']}/documents", timeout=5) as r:
+        assert json.loads(r.read())["session/kept"] == fingerprint
