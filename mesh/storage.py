@@ -54,7 +54,14 @@ import pycrdt
 import trio
 
 from crdt_types.docs import new_doc as _new_pycrdt_doc
-from crdt_types.errors import CorruptRecord, DiskFull, InvalidValue, StorageError, StoreClosed
+from crdt_types.errors import (
+    CorruptRecord,
+    DiskFull,
+    InvalidValue,
+    StatemeshError,
+    StorageError,
+    StoreClosed,
+)
 from crdt_types.fingerprint import fingerprint_hex
 from crdt_types.schema import validate_document
 
@@ -953,6 +960,7 @@ class AsyncStore:
         self._wakeup = trio.Event()
         self._closing = False
         self._stopped = False
+        self._inflight: _Batch | None = None
         # Group commit plus one reader/checkpointer at a time; the Store's lock serialises
         # their use of the one connection.
         self._limiter = trio.CapacityLimiter(2)
@@ -987,7 +995,7 @@ class AsyncStore:
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
                     continue
-                batch = self._queue.popleft()
+                batch = self._inflight = self._queue.popleft()
                 try:
                     # Not cancellable (the default): a transaction in flight must finish so
                     # its waiters learn the truth about durability.
@@ -996,9 +1004,14 @@ class AsyncStore:
                         self.store._commit, prepared, limiter=self._limiter
                     )
                     self.batches += 1
-                except StorageError as exc:
+                except StatemeshError as exc:
                     batch.error = exc
+                except Exception as exc:
+                    # Not ours to crash the caller's nursery over: every waiter of the
+                    # batch hears that its writes are not durable.
+                    batch.error = StorageError(f"group commit failed: {exc!r}")
                 finally:
+                    self._inflight = None
                     batch.done.set()
         finally:
             self._stopped = True
@@ -1052,7 +1065,8 @@ class AsyncStore:
 
     async def flush(self) -> None:
         """Return once everything submitted so far is durable; raise if any of it failed."""
-        for batch in list(self._queue):
+        batches = ([self._inflight] if self._inflight is not None else []) + list(self._queue)
+        for batch in batches:
             await Pending(batch, 0).wait()
 
     def _check_open(self) -> None:
@@ -1112,8 +1126,8 @@ class AsyncStore:
         """Stop accepting appends, let queued ones commit, then close the database."""
         self._closing = True
         self._wakeup.set()
-        while self._queue and not self._stopped:
-            await self._queue[-1].done.wait()
+        while (self._queue or self._inflight is not None) and not self._stopped:
+            await (self._queue[-1] if self._queue else self._inflight).done.wait()
         await self._run(self.store.close)
 
     async def _run(self, fn, *args, **kwargs):

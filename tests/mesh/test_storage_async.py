@@ -174,3 +174,30 @@ async def test_slow_loads_do_not_block_the_event_loop(tmp_path: Path) -> None:
     assert ticks > 10
     assert isinstance(doc, pycrdt.Doc)
     assert memory_of(doc) == memory_of(w.doc)
+
+
+async def test_flush_waits_for_the_batch_already_being_committed(tmp_path: Path) -> None:
+    w = Writer()
+    async with AsyncStore.open(tmp_path) as store:
+        pending = [store.submit("session/a", w.set(f"k{i % 7}", i)) for i in range(3000)]
+        for _ in range(1000):  # bounded: let the committer take the batch into its thread
+            if store._inflight is not None:
+                break
+            await trio.sleep(0)
+        assert store._inflight is not None and not pending[-1].done
+        await store.flush()
+        assert all(p.done for p in pending)
+        assert await pending[-1].wait() == 3000
+
+
+async def test_a_failing_commit_reaches_its_waiters_without_killing_the_store(
+    tmp_path: Path,
+) -> None:
+    Store.open(tmp_path).close()
+    async with trio.open_nursery() as nursery:
+        store = AsyncStore(Store.open(tmp_path, readonly=True))
+        await nursery.start(store.run)
+        with pytest.raises(InvalidValue, match="read-only"):
+            await store.append("session/a", Writer().set("k", 1))
+        assert await store.documents() == []  # still serving reads
+        await store.aclose()
