@@ -24,12 +24,16 @@ overwritten in place; its deletes are the price of a key-value store.
 
 Concurrency: concurrent appends interleave the same way on every replica; concurrent
 writes to one memory key or one call's outcome resolve by pycrdt's deterministic
-last-writer rule, and concurrent cursor moves by the array order (the same everywhere). Only the session's owner writes in normal operation
-(the mesh fences the others), so such races only occur around a takeover.
+last-writer rule, and concurrent cursor moves by the array order (the same everywhere).
+Only the session's owner writes in normal operation (the mesh fences the others), so
+such races only occur around a takeover.
 
 Reads skip records that do not parse (a buggy or hostile peer can write anything);
-`validate` names them. Numbers read back follow `crdt_types.values.from_stored`: integral numbers come back as
-int, which is what the schema wants for the cursor step.
+`validate` names them. Numbers read back follow `crdt_types.values.from_stored`:
+integral numbers come back as int, which is what the schema wants for the cursor step.
+Reading everything (`to_dict`, `tool_calls`) converts whole arrays and maps, which
+pycrdt does slowly for large ones; use `messages(start, stop)` and `cursor()` on hot
+paths.
 """
 
 from __future__ import annotations
@@ -281,7 +285,7 @@ class SessionState:
 
     def get_memory(self, key: str, default: Any = None) -> Any:
         """The value of memory `key`, or `default`."""
-        if key not in self._memory:
+        if not isinstance(key, str) or key not in self._memory:
             return default
         return from_stored(self._memory[key])
 
