@@ -48,14 +48,14 @@ def test_encoded_vector_is_usable_by_pycrdt():
 
 
 @given(clocks_st)
-@settings(derandomize=True, max_examples=200)
+@settings(derandomize=True, max_examples=200, deadline=None)
 def test_encode_decode_round_trip(clocks):
     expected = {c: k for c, k in clocks.items() if k}
     assert decode_state_vector(encode_state_vector(clocks)) == expected
 
 
 @given(st.integers(0, 2**64 - 1))
-@settings(derandomize=True, max_examples=200)
+@settings(derandomize=True, max_examples=200, deadline=None)
 def test_varuint_round_trip(n):
     out = bytearray()
     write_varuint(out, n)
@@ -117,7 +117,7 @@ def test_missing_from_and_total():
 
 
 @given(clocks_st, clocks_st, clocks_st)
-@settings(derandomize=True, max_examples=200)
+@settings(derandomize=True, max_examples=200, deadline=None)
 def test_algebra_laws(x, y, z):
     a, b, c = (VersionVector.from_dict(d) for d in (x, y, z))
     m = a.merge(b)
