@@ -507,11 +507,13 @@ class Store:
 
     def load_all(self, *, salvage: bool = False) -> dict[str, pycrdt.Doc]:
         """Rebuild every stored document, each with a fresh client id."""
-        plans = [self._plan(doc_id, salvage=salvage) for doc_id in self.documents()]
-        ids = self._new_client_ids([(plan.doc_id, set()) for plan in plans])
+        doc_ids = self.documents()
+        # One transaction records all the ids; documents are then rebuilt one at a time so
+        # only one document's log is in memory at once.
+        ids = self._new_client_ids([(doc_id, set()) for doc_id in doc_ids])
         return {
-            plan.doc_id: self._build(plan, cid, salvage=salvage).doc
-            for plan, cid in zip(plans, ids, strict=True)
+            doc_id: self._build(self._plan(doc_id, salvage=salvage), cid, salvage=salvage).doc
+            for doc_id, cid in zip(doc_ids, ids, strict=True)
         }
 
     def recover(self, doc_id: str, *, salvage: bool = False) -> Loaded:
