@@ -49,7 +49,7 @@ class GossipConfig:
     gossip_to_dead: float = 2.0  # keep gossiping to recently dead members this long
     retransmit_mult: int = 4  # each rumour is sent retransmit_mult * ceil(log10(N + 1)) times
     max_piggyback: int = 8  # membership rumours piggybacked per envelope
-    push_pull_interval: float = 10.0  # full membership exchange with one random member
+    push_pull_interval: float = 5.0  # full membership exchange with one random member
     reconnect_interval: float = 2.0  # push-pull with one random dead member (heals partitions)
     reap_after: float = 60.0  # forget dead and left members after this long
     leave_fanout: int = 6  # members told directly when we leave gracefully

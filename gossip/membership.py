@@ -218,7 +218,7 @@ class Membership:
         self._live = _LiveSet()  # alive or suspect members other than us
         self._down: set[str] = set()  # dead or left members, for reaping and reconnecting
         self._suspicions: dict[str, _Suspicion] = {}
-        self._broadcasts: dict[str, list] = {}  # node -> [MemberUpdate, sends left, order]
+        self._broadcasts: dict[str, list] = {}  # node -> [MemberUpdate, times sent, order]
         self._bcast_order = 0
         self._probe_order: list[str] = []
         self._probe_index = 0
@@ -295,15 +295,18 @@ class Membership:
             _check_address(address)
         self._started = True
         self.me.since = now
+        members = self.members
         for node, address in known:
-            if node != self.node_id and node not in self.members:
+            if node != self.node_id and node not in members:
                 _check_address(address)
-                self.members[node] = Member(node, address, 0, ALIVE, now, node, b"")
+                members[node] = Member(node, address, 0, ALIVE, now, node, b"")
                 self._live.add(node)
         self._seeds = tuple(a for a in seeds if a != self.me.address)
-        # Stagger the first probe so that nodes started together do not probe in lockstep.
+        # Stagger the first probe and push-pull so that nodes started together do not
+        # act in lockstep.
+        n = self.estimated_size()
         self._next_probe = now + self._rng.random() * self.config.probe_interval
-        self._next_push_pull = now + self._rng.random() * self.config.push_pull_interval
+        self._next_push_pull = now + self._rng.random() * self.config.push_pull_period(n)
         self._next_reconnect = now + self.config.reconnect_interval
         self._next_reap = now + _REAP_CHECK
         # Announce ourselves by gossip too (memberlist does): a member that hears of us only
@@ -484,7 +487,7 @@ class Membership:
     def handle(self, now: float, sender_address: str, msg: object) -> None:
         """Process one membership message received from `sender_address`."""
         if isinstance(msg, MemberUpdate):
-            self.apply(now, msg)
+            self.apply(now, msg, sender_address=sender_address)
         elif isinstance(msg, Ping):
             # A probe meant for whoever had this address before us is not ours to answer.
             if msg.target == self.node_id:
@@ -529,7 +532,7 @@ class Membership:
 
     def _on_sync(self, now: float, sender_address: str, msg: MembershipSync) -> None:
         for upd in msg.members:
-            self.apply(now, upd, from_sync=True)
+            self.apply(now, upd, from_sync=True, sender_address=sender_address)
         if msg.reply:
             self._send_sync(sender_address, reply=False)
 
@@ -549,21 +552,32 @@ class Membership:
 
     # --- applying rumours ------------------------------------------------------------
 
-    def apply(self, now: float, upd: MemberUpdate, *, from_sync: bool = False) -> None:
+    def apply(
+        self,
+        now: float,
+        upd: MemberUpdate,
+        *,
+        from_sync: bool = False,
+        sender_address: str | None = None,
+    ) -> None:
         """Merge one rumour into our view (validated: a bad one raises LocalError)."""
         if upd.state not in MEMBER_STATES:
             raise LocalError(f"unknown member state {upd.state!r}")
         if upd.incarnation < 0:
             raise LocalError("negative incarnation")
         if upd.node == self.node_id:
-            self._about_me(upd)
+            self._about_me(upd, sender_address)
             return
         m = self.members.get(upd.node)
         state = upd.state
+        if from_sync and state in (SUSPECT, DEAD) and m is not None:
+            # A merged view may be stale (the other side of a healed partition). Starting
+            # suspicions from it would make the two halves accuse each other's members
+            # faster than they can refute; our own probes find real failures, and the
+            # accused hear of it from the syncs they take part in and refute.
+            return
         if from_sync and state == DEAD:
-            # A merged view may be stale (the other side of a healed partition): suspect
-            # instead, and let the member refute if it lives.
-            state = SUSPECT
+            state = SUSPECT  # an unknown member someone holds dead: let it refute if it lives
         if m is None:
             if state in (DEAD, LEFT):
                 return
@@ -589,6 +603,12 @@ class Membership:
             self._suspect(now, m, upd.incarnation, upd.origin)
         elif state == DEAD:
             if m.state in (DEAD, LEFT) or upd.incarnation < m.incarnation:
+                return
+            if m.state == ALIVE and upd.incarnation == m.incarnation:
+                # We never doubted it: a third party's verdict (possibly from across a
+                # partition that just healed) only starts our own suspicion, which the
+                # member can still refute; many such verdicts shrink it to the minimum.
+                self._suspect(now, m, upd.incarnation, upd.origin)
                 return
             self._set_down(now, m, DEAD, upd.incarnation, upd.origin)
         else:  # LEFT
@@ -634,6 +654,10 @@ class Membership:
         )
         self._events.append(MemberSuspected(m.node, incarnation, origin))
         self._queue(m.update())
+        if origin != self.node_id:
+            # Lifeguard's buddy system, sooner: tell the accused at once so that a live
+            # member refutes before our timer runs out (our own probe already pinged it).
+            self._outbox.append((m.address, m.update()))
 
     def _confirm(self, m: Member, incarnation: int, origin: str) -> None:
         if incarnation > m.incarnation:
@@ -663,13 +687,16 @@ class Membership:
             self._events.append(MemberLeft(m.node, incarnation))
         self._queue(m.update())
 
-    def _about_me(self, upd: MemberUpdate) -> None:
+    def _about_me(self, upd: MemberUpdate, sender_address: str | None) -> None:
         me = self.me
         if self.leaving:
             return
-        if upd.incarnation < me.incarnation:
+        if upd.state == ALIVE and upd.incarnation <= me.incarnation:
             return
-        if upd.state == ALIVE and upd.incarnation == me.incarnation:
+        if upd.incarnation < me.incarnation:
+            # Already refuted; the accuser has not heard yet: answer it directly.
+            if sender_address is not None:
+                self._outbox.append((sender_address, me.update()))
             return
         # Someone holds a view of us at our incarnation or newer that is not plainly alive
         # (or an alive one from a previous life): refute with a higher incarnation.
@@ -678,6 +705,9 @@ class Membership:
             self._adjust_awareness(1)
         me.incarnation = upd.incarnation + 1
         self._queue(me.update())
+        if sender_address is not None:
+            # The accuser is the member most in need of the refutation: tell it first.
+            self._outbox.append((sender_address, me.update()))
 
     def _insert_probe_target(self, node: str) -> None:
         # Random position among the members not yet probed this pass (memberlist does this).
@@ -700,8 +730,7 @@ class Membership:
         # A newer rumour about a member replaces the older one still queued (memberlist's
         # invalidation): only the latest state is worth retransmitting.
         self._bcast_order += 1
-        limit = self.config.retransmit_limit(self.estimated_size())
-        self._broadcasts[upd.node] = [upd, limit, self._bcast_order]
+        self._broadcasts[upd.node] = [upd, 0, self._bcast_order]
 
     def piggyback(self, limit: int, about: str | None = None) -> list[MemberUpdate]:
         """Up to `limit` queued rumours to attach to an envelope, fewest-sent first."""
@@ -711,12 +740,15 @@ class Membership:
         if len(items) <= limit:
             chosen = list(items.items())
         else:
-            chosen = sorted(items.items(), key=lambda kv: (-kv[1][1], kv[1][2]))[:limit]
+            chosen = sorted(items.items(), key=lambda kv: (kv[1][1], kv[1][2]))[:limit]
+        # The limit follows the cluster's current size (memberlist does the same), so a
+        # rumour queued while the cluster was small still reaches members who joined since.
+        most = self.config.retransmit_limit(self.estimated_size())
         out = []
         for node, entry in chosen:
             out.append(entry[0])
-            entry[1] -= 1
-            if entry[1] <= 0:
+            entry[1] += 1
+            if entry[1] >= most:
                 del items[node]
         return out
 
@@ -737,7 +769,14 @@ class Membership:
         return out
 
 
+_checked_addresses: set[str] = set()  # addresses already found valid: a pure cache
+
+
 def _check_address(address: str) -> None:
+    if address in _checked_addresses:
+        return
     host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise LocalError(f"member address must be 'host:port', got {address!r}")
+    if len(_checked_addresses) < 100_000:
+        _checked_addresses.add(address)
