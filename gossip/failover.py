@@ -61,6 +61,7 @@ that now belong to someone else at a higher (epoch, owner); the runtime raises
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,12 +72,14 @@ from crdt_types.ownership import Claim
 from crdt_types.vv import VersionVector, decode_state_vector
 from gossip.events import OwnerChanged, StandbyAssigned, TakeoverPlanned, WorkloadFenced
 from gossip.messages import ALIVE, DEAD, LEFT, MEMBER_STATES, SUSPECT
-from gossip.quorum import AVAILABILITY, MAJORITY, POLICIES, has_quorum
+from gossip.quorum import AVAILABILITY, MAJORITY, POLICIES, StableMembership, has_quorum
 from gossip.successor import rank, standby
 
 __all__ = [
     "CLAIM_REASONS",
+    "Decision",
     "FailoverPolicy",
+    "FailoverState",
     "FailoverView",
     "MemberRecord",
     "MemberView",
@@ -562,3 +565,128 @@ def owner_changes(before: Iterable[Claim], after: Iterable[Claim]) -> list[Owner
                 OwnerChanged(claim.workload, claim.owner, claim.epoch, prev.owner if prev else None)
             )
     return out
+
+
+# --- the state machine the runtime drives ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one `FailoverState.step` decided.
+
+    `claims`: claim each now with `OwnershipTable.claim(t.workload, me, t.epoch)` (skip
+    one whose epoch moved meanwhile: the table refuses it). `plans`: every current plan,
+    for status pages. `events`: `OwnerChanged`, `WorkloadFenced`, `TakeoverPlanned`,
+    `StandbyAssigned`, each raised once per change. `deadline`: call `step` again by then
+    (inf: only when members, claims or durable vectors change).
+    """
+
+    claims: list[Takeover]
+    plans: list[Takeover]
+    events: list[object]
+    deadline: float
+
+
+class FailoverState:
+    """One node's failover bookkeeping: stable membership, owned workloads, fencing, events.
+
+    Feed it `step(now, members, claims, durable)` whenever membership, the ownership table
+    or a durable vector changes, and at `Decision.deadline`. It remembers what this node
+    owns (from the table, so a node that restarts owns what the merged table says and
+    nothing else: it never reclaims), which workloads it was fenced from, the standbys it
+    announced and the takeovers it planned, so every event is raised once per change.
+    """
+
+    def __init__(
+        self,
+        me: str,
+        policy: FailoverPolicy | None = None,
+        *,
+        settle: float = 5.0,
+        stable: Iterable[str] | None = None,
+    ) -> None:
+        _check_id(me, "node id")
+        self.me = me
+        self.policy = FailoverPolicy() if policy is None else policy
+        if not isinstance(self.policy, FailoverPolicy):
+            raise InvalidValue("policy must be a FailoverPolicy")
+        self.membership = StableMembership(me, settle, stable)
+        self._claims: dict[str, Claim] = {}
+        self._owned: dict[str, int] = {}
+        self._fenced: dict[str, Claim] = {}
+        self._standbys: dict[str, tuple[str, str | None]] = {}
+        self._announced: dict[str, TakeoverPlanned] = {}
+
+    @property
+    def owned(self) -> dict[str, int]:
+        """Workloads this node owns, with their epochs, as of the last step."""
+        return dict(self._owned)
+
+    def is_fenced(self, workload: str) -> bool:
+        """True if this node owned `workload` and another node took it over."""
+        return workload in self._fenced
+
+    def step(
+        self,
+        now: float,
+        members: Mapping[str, MemberView],
+        claims: Iterable[Claim],
+        durable: DurableLookup = _no_durable,
+    ) -> Decision:
+        """Observe the current view at `now` and decide; see `Decision`."""
+        _check_time(now)
+        # Validate everything before changing any state: bad input changes nothing.
+        view = FailoverView(self.me, members, tuple(claims), durable, None, self.policy)
+        # The stable set shrinks only under quorum of the set it replaces, so observing
+        # first cannot let a failure grant the quorum to act on itself.
+        saved = copy.copy(self.membership)
+        self.membership.observe(now, {n: m.state for n, m in view.members.items()})
+        view = FailoverView(
+            self.me, view.members, view.claims, durable, self.membership.stable, self.policy
+        )
+        try:
+            plans = plan_takeovers(now, view)
+            current = standbys(view)
+        except InvalidValue:
+            self.membership = saved  # a malformed durable vector: as if never called
+            raise
+        events: list[object] = []
+        events.extend(owner_changes(self._claims.values(), view.claims))
+        for ev in fenced(self.me, self._owned, view.claims):
+            events.append(ev)
+            self._fenced[ev.workload] = Claim(ev.workload, ev.owner, ev.epoch)
+        self._claims = {c.workload: c for c in view.claims}
+        self._owned = {c.workload: c.epoch for c in view.claims if c.owner == self.me}
+        # Forget fencing of workloads we own again or that left the table.
+        self._fenced = {
+            w: c for w, c in self._fenced.items() if w in self._claims and w not in self._owned
+        }
+        events.extend(self._announce(plans))
+        events.extend(standby_changes(self._standbys, current))
+        self._standbys = current
+        deadline = min(next_deadline(now, plans), self.membership.next_deadline())
+        due = [t for t in plans if t.claim_due(now)]
+        return Decision(due, plans, events, deadline)
+
+    def handoff(
+        self,
+        members: Mapping[str, MemberView],
+        claims: Iterable[Claim],
+        durable: DurableLookup = _no_durable,
+    ) -> list[Takeover]:
+        """Plan the graceful hand-off of everything this node owns (see `plan_handoff`)."""
+        view = FailoverView(self.me, members, tuple(claims), durable, None, self.policy)
+        return plan_handoff(self.me, view)
+
+    def _announce(self, plans: list[Takeover]) -> list[TakeoverPlanned]:
+        out = []
+        current: dict[str, TakeoverPlanned] = {}
+        for t in plans:
+            ev = t.event()
+            if ev is None:
+                continue
+            current[t.workload] = ev
+            if self._announced.get(t.workload) != ev:
+                out.append(ev)
+        self._announced = current
+        return out

@@ -16,6 +16,7 @@ from crdt_types.vv import VersionVector
 from gossip.events import OwnerChanged, StandbyAssigned, TakeoverPlanned, WorkloadFenced
 from gossip.failover import (
     FailoverPolicy,
+    FailoverState,
     FailoverView,
     MemberView,
     coverage_target,
@@ -701,3 +702,122 @@ def test_partition_3_2_then_heal_leaves_one_owner_per_session(policy):
 
 def _owned(table: OwnershipTable, node: str) -> dict[str, int]:
     return {c.workload: c.epoch for c in table.claims() if c.owner == node}
+
+
+# --- the state machine ----------------------------------------------------------------
+
+
+def _members_at(states: dict[str, str], since: float = 0.0, unready=()) -> dict[str, MemberView]:
+    return {n: MemberView(n, s, since, n not in unready) for n, s in states.items()}
+
+
+def test_state_machine_takes_over_once_and_raises_each_event_once():
+    nodes = ["a", "b", "c"]
+    w = workloads_where("a", nodes, "b")[0]
+    table = OwnershipTable(new_doc(rng=random.Random(3)))
+    table.claim(w, "a", 1)
+    durable = {(n, w): vv(5) for n in nodes}
+    b = FailoverState("b", FailoverPolicy(stagger=STAGGER), settle=1.0)
+    up = dict.fromkeys(nodes, ALIVE)
+
+    def step(now, states, since=0.0):
+        return b.step(
+            now, _members_at(states, since), table.claims(), lambda n, x: durable.get((n, x))
+        )
+
+    d = step(0.0, up)
+    assert d.claims == [] and d.deadline == 1.0  # the stable set settles at 1.0
+    assert d.events == [OwnerChanged(w, "a", 1, None), StandbyAssigned(w, "a", "b")]
+    d = step(1.0, up)
+    assert d.events == [] and b.membership.stable == set(nodes) and d.deadline == math.inf
+    # a dies at 3.0: b is the standby, caught up, first in rank: it claims at once.
+    dead = dict(up, a=DEAD)
+    d = b.step(
+        3.0,
+        _members_at(up) | {"a": MemberView("a", DEAD, 3.0)},
+        table.claims(),
+        lambda n, x: durable.get((n, x)),
+    )
+    assert [(t.workload, t.epoch) for t in d.claims] == [(w, 2)]
+    assert d.events == [TakeoverPlanned(w, "a", "b", 2, "caught_up")]
+    for t in d.claims:
+        table.claim(t.workload, "b", t.epoch)
+    d = step(3.1, dead, since=3.0)
+    assert d.claims == [] and d.plans == []
+    assert d.events == [OwnerChanged(w, "b", 2, "a"), StandbyAssigned(w, "b", "c")]
+    assert b.owned == {w: 2} and not b.is_fenced(w)
+    assert step(3.2, dead, since=3.0).events == []
+
+
+def test_state_machine_fences_the_old_owner_once_and_it_follows_the_table():
+    a = FailoverState("a", settle=0.0)
+    states = _members_at({"a": ALIVE, "b": ALIVE})
+    assert a.step(0.0, states, [Claim("w", "a", 1)]).claims == []
+    assert a.owned == {"w": 1}
+    # The partition heals: b's claim at epoch 2 arrives in the merged table.
+    d = a.step(1.0, states, [Claim("w", "b", 2)])
+    assert WorkloadFenced("w", "b", 2, 1) in d.events
+    assert a.is_fenced("w") and a.owned == {}
+    assert not any(
+        isinstance(e, WorkloadFenced) for e in a.step(2.0, states, [Claim("w", "b", 2)]).events
+    )
+    # b dies later: a may take w over again, as a new claim at epoch 3 (not a reclaim).
+    d = a.step(3.0, _members_at({"a": ALIVE, "b": DEAD}, 3.0), [Claim("w", "b", 2)])
+    assert [(t.workload, t.epoch) for t in d.claims] == [("w", 3)]
+    d = a.step(3.1, _members_at({"a": ALIVE, "b": DEAD}, 3.0), [Claim("w", "a", 3)])
+    assert not a.is_fenced("w") and a.owned == {"w": 3}
+
+
+def test_state_machine_restarted_old_owner_never_reclaims():
+    # a restarts from disk with a fresh state machine; the merged table says b owns w.
+    a = FailoverState("a", settle=0.0, stable=["a", "b", "c"])
+    for t in (0.0, 1.0, 5.0):
+        d = a.step(t, _members_at({"a": ALIVE, "b": ALIVE, "c": ALIVE}), [Claim("w", "b", 2)])
+        assert d.claims == [] and not any(isinstance(e, WorkloadFenced) for e in d.events)
+    assert a.owned == {} and not a.is_fenced("w")
+
+
+def test_state_machine_waits_for_a_stable_membership_before_acting():
+    b = FailoverState("b", settle=2.0)
+    members = _members_at({"a": DEAD, "b": ALIVE, "c": ALIVE})
+    d = b.step(0.0, members, [Claim("w", "a", 1)])
+    assert d.claims == [] and [t.reason for t in d.plans] == ["no_quorum"]
+    assert d.deadline == 2.0
+    d = b.step(2.0, members, [Claim("w", "a", 1)])
+    assert [t.reason for t in d.plans] == ["caught_up"] and d.plans[0].successor in "bc"
+
+
+def test_state_machine_refuses_bad_input_and_changes_nothing():
+    b = FailoverState("b", settle=0.0)
+    b.step(0.0, _members_at({"a": ALIVE, "b": ALIVE}), [Claim("w", "b", 1)])
+    before = (b.membership.stable, b.owned)
+    assert before == ({"a", "b"}, {"w": 1})
+    # c joining would settle a new stable set at once; the malformed vector undoes that.
+    grown = _members_at({"a": ALIVE, "b": ALIVE, "c": ALIVE, "d": DEAD})
+    with pytest.raises(InvalidValue, match="durable"):
+        b.step(1.0, grown, [Claim("x", "d", 1)], lambda n, w: b"\xff")
+    with pytest.raises(InvalidValue):
+        b.step(1.0, {"b": "alive"}, [])
+    with pytest.raises(InvalidValue):
+        b.step(math.nan, grown, [])
+    with pytest.raises(InvalidValue):
+        b.step(1.0, grown, [("w", "b", 1)])
+    assert (b.membership.stable, b.owned) == before
+    # The same step with good input does what the bad one would have.
+    b.step(1.0, grown, [Claim("w", "b", 1), Claim("x", "d", 1)])
+    assert b.membership.stable == {"a", "b", "c"}
+    with pytest.raises(InvalidValue):
+        FailoverState("", settle=1.0)
+    with pytest.raises(InvalidValue):
+        FailoverState("b", policy="majority")
+    with pytest.raises(InvalidValue):
+        FailoverState("b", settle=-1)
+
+
+def test_state_machine_hand_off():
+    a = FailoverState("a")
+    members = _members_at({"a": ALIVE, "b": ALIVE, "c": ALIVE})
+    plans = a.handoff(members, [Claim("w", "a", 4), Claim("v", "b", 1)])
+    assert [(t.workload, t.successor, t.epoch, t.claim_due(0.0)) for t in plans] == [
+        ("w", standby("w", "a", ["b", "c"]), 5, True)
+    ]
