@@ -935,7 +935,7 @@ class Pending:
         return self.batch.done.is_set()
 
     async def wait(self) -> int:
-        """The update's sequence number once durable; raises the batch's StorageError."""
+        """The update's sequence number once durable; raises the batch's error otherwise."""
         if self.batch.done.is_set():
             # Already durable: skip the scheduler round trip (the hot path of a writer
             # that queued several updates), but still honour cancellation.
@@ -963,8 +963,9 @@ class AsyncStore:
         self._closing = False
         self._stopped = False
         self._inflight: _Batch | None = None
-        # Group commit plus one reader/checkpointer at a time; the Store's lock serialises
-        # their use of the one connection.
+        # The committer has a thread of its own, so a long load or checkpoint never holds
+        # durability up; the Store's lock serialises their use of the one connection.
+        self._commit_limiter = trio.CapacityLimiter(1)
         self._limiter = trio.CapacityLimiter(2)
         self.batches = 0
         self._known_ids: set[str] = set()
@@ -1003,7 +1004,7 @@ class AsyncStore:
                     # its waiters learn the truth about durability.
                     prepared = self.store._prepare(batch.items)
                     batch.seqs = await trio.to_thread.run_sync(
-                        self.store._commit, prepared, limiter=self._limiter
+                        self.store._commit, prepared, limiter=self._commit_limiter
                     )
                     self.batches += 1
                 except StatemeshError as exc:
