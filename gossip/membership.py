@@ -270,6 +270,11 @@ class Membership:
         """Lifeguard: stretch a probe timing by our local health multiplier."""
         return seconds * (self.awareness + 1)
 
+    def suspicion_deadline(self, node: str) -> float | None:
+        """When our suspicion of `node` turns into dead, or None if we do not suspect it."""
+        s = self._suspicions.get(node)
+        return s.deadline if s is not None else None
+
     def pending_broadcasts(self) -> int:
         """Membership rumours still waiting to be piggybacked."""
         return len(self._broadcasts)

@@ -1,0 +1,418 @@
+"""Membership transitions, driven message by message with explicit time and seeded rngs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from crdt_types.errors import LocalError
+from gossip.config import GossipConfig, lan, local, profile, wan
+from gossip.events import (
+    MemberAlive,
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberSuspected,
+)
+from gossip.membership import Membership
+from gossip.messages import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    Ack,
+    MembershipSync,
+    MemberUpdate,
+    Nack,
+    Ping,
+    PingReq,
+)
+from gossip.simulator import NetworkConfig, Simulator
+
+SEED = 7
+
+
+def addr(node: str) -> str:
+    return f"127.0.0.{ord(node[0]) % 250}:{7000 + len(node)}"
+
+
+def make(node: str = "a", others: str = "bcdefghij", config: GossipConfig | None = None):
+    m = Membership(node, addr(node), config or lan(), random.Random(f"{SEED}:{node}"))
+    m.start(0.0, known=[(x, addr(x)) for x in others])
+    m.take()
+    return m
+
+
+def upd(node: str, state: str, inc: int = 0, origin: str = "x") -> MemberUpdate:
+    return MemberUpdate(node, addr(node), inc, state, origin)
+
+
+def events_of(m: Membership, kind: type) -> list:
+    return [e for e in m.take()[1] if isinstance(e, kind)]
+
+
+def run(m: Membership, start: float, end: float, step: float = 0.005):
+    """Tick from start to end; return every (time, address, message) sent."""
+    sent = []
+    t = start
+    while t <= end + 1e-9:
+        m.tick(t)
+        out, _ = m.take()
+        sent.extend((round(t, 6), a, msg) for a, msg in out)
+        t += step
+    return sent
+
+
+# --- incarnations and refutation -----------------------------------------------------------
+
+
+def test_suspicion_of_self_is_refuted_with_a_higher_incarnation():
+    a = make("a")
+    a.handle(1.0, addr("b"), upd("a", SUSPECT, 0, origin="b"))
+    out, _ = a.take()
+    assert a.incarnation == 1
+    # The accuser is answered directly, and the refutation is queued as a rumour.
+    assert (addr("b"), MemberUpdate("a", addr("a"), 1, ALIVE, "a")) in out
+    assert any(u.node == "a" and u.state == ALIVE for u in a.piggyback(8))
+    assert a.awareness == 1  # being suspected hints that we are the slow one
+
+
+def test_refutation_by_higher_incarnation_clears_a_suspicion():
+    b = make("b", "acdefghij")
+    b.apply(1.0, upd("a", SUSPECT, 0, origin="c"))
+    assert b.state_of("a") == SUSPECT
+    b.take()
+    b.apply(1.1, upd("a", ALIVE, 1))
+    assert b.state_of("a") == ALIVE
+    assert b.suspicion_deadline("a") is None
+    [ev] = events_of(b, MemberAlive)
+    assert ev.reason == "refuted" and ev.incarnation == 1
+    # An alive rumour at the old incarnation changes nothing.
+    b.apply(1.2, upd("a", SUSPECT, 0, origin="d"))
+    assert b.state_of("a") == ALIVE
+
+
+def test_stale_accusation_is_answered_with_the_current_incarnation():
+    a = make("a")
+    a.handle(1.0, addr("b"), upd("a", SUSPECT, 0, origin="b"))
+    a.take()
+    a.handle(1.5, addr("c"), upd("a", DEAD, 0, origin="c"))
+    out, _ = a.take()
+    assert a.incarnation == 1
+    assert out == [(addr("c"), MemberUpdate("a", addr("a"), 1, ALIVE, "a"))]
+
+
+# --- suspicion (Lifeguard dogpile) -------------------------------------------------------------
+
+
+def test_suspicion_timeout_shrinks_with_independent_confirmations():
+    cfg = lan()
+    m = make("a", "bcdefghij", cfg)  # N = 10: k = 2 confirmations expected
+    n = m.estimated_size()
+    low, high = cfg.suspicion_min(n), cfg.suspicion_max(n)
+    assert high > low
+    m.apply(1.0, upd("b", SUSPECT, origin="c"))
+    assert m.suspicion_deadline("b") == pytest.approx(1.0 + high)
+    m.apply(1.1, upd("b", SUSPECT, origin="c"))  # the same accuser again: not independent
+    assert m.suspicion_deadline("b") == pytest.approx(1.0 + high)
+    m.apply(1.2, upd("b", SUSPECT, origin="d"))
+    first = m.suspicion_deadline("b")
+    assert 1.0 + low < first < 1.0 + high
+    m.apply(1.3, upd("b", SUSPECT, origin="e"))
+    assert m.suspicion_deadline("b") == pytest.approx(1.0 + low)
+    m.apply(1.4, upd("b", SUSPECT, origin="f"))  # beyond k: already at the minimum
+    assert m.suspicion_deadline("b") == pytest.approx(1.0 + low)
+    # It turns dead exactly at the deadline, not before.
+    m.tick(1.0 + low - 1e-6)
+    assert m.state_of("b") == SUSPECT
+    m.take()
+    m.tick(1.0 + low)
+    assert m.state_of("b") == DEAD
+    [ev] = events_of(m, MemberDead)
+    assert ev == MemberDead("b", 0, "a")
+
+
+def test_suspicion_min_follows_log10_of_cluster_size():
+    cfg = lan()
+    assert cfg.suspicion_min(3) == pytest.approx(cfg.suspicion_mult * cfg.probe_interval)
+    assert cfg.suspicion_min(1000) == pytest.approx(3 * cfg.suspicion_mult * cfg.probe_interval)
+    assert cfg.suspicion_max(1000) == pytest.approx(
+        cfg.suspicion_max_mult * cfg.suspicion_min(1000)
+    )
+
+
+def test_third_party_dead_verdict_only_starts_our_own_suspicion():
+    m = make("a")
+    m.apply(1.0, upd("b", DEAD, origin="c"))
+    assert m.state_of("b") == SUSPECT
+    # ...which a refutation still clears; once suspected, a dead verdict is accepted.
+    m.apply(1.1, upd("b", ALIVE, 1))
+    assert m.state_of("b") == ALIVE
+    m.apply(1.2, upd("b", SUSPECT, 1, origin="c"))
+    m.apply(1.3, upd("b", DEAD, 1, origin="d"))
+    assert m.state_of("b") == DEAD
+
+
+def test_push_pull_merge_of_a_stale_dead_view_does_not_accuse_live_members():
+    m = make("a")
+    m.handle(1.0, addr("k"), MembershipSync((upd("b", DEAD, 0), upd("c", SUSPECT, 0)), False))
+    assert m.state_of("b") == ALIVE and m.state_of("c") == ALIVE
+    assert not events_of(m, MemberSuspected)
+
+
+def test_failed_probe_leads_to_suspect_then_dead():
+    cfg = lan()
+    m = make("a", "b", cfg)  # N = 2: no indirect helpers, k = 0
+    sent = run(m, 0.0, 0.5)
+    pings = [(t, msg) for t, a, msg in sent if isinstance(msg, Ping)]
+    assert pings and pings[0][1].target == "b"
+    assert m.state_of("b") == SUSPECT
+    deadline = m.suspicion_deadline("b")
+    run(m, 0.505, deadline + 0.01)
+    assert m.state_of("b") == DEAD
+
+
+# --- probing and local health ---------------------------------------------------------------
+
+
+def test_ack_to_a_probe_keeps_the_member_alive_and_health_good():
+    m = make("a", "bcd")
+    m.awareness = 2  # start unhealthy: every acked probe lowers the score by one
+    probed = []
+    t = 0.0
+    while t < 3.0:
+        m.tick(t)
+        out, _ = m.take()
+        for _dest, msg in out:
+            if isinstance(msg, Ping):
+                probed.append(msg.target)
+                m.handle(t + 0.001, addr(msg.target), Ack(msg.seq))
+        t += 0.005
+    assert sorted(set(probed)) == ["b", "c", "d"]  # round-robin reaches everyone
+    assert all(m.state_of(n) == ALIVE for n in "bcd")
+    assert m.awareness == 0
+
+
+def test_lha_raises_probe_interval_after_missed_nacks():
+    cfg = lan()
+    m = make("a", "bcdef", cfg)
+    sent = run(m, 0.0, 0.25)
+    pings = [t for t, a, msg in sent if isinstance(msg, Ping)]
+    reqs = [msg for t, a, msg in sent if isinstance(msg, PingReq)]
+    assert len(reqs) == cfg.indirect_checks  # direct probe failed: k helpers asked
+    # Nobody answered, not even with a nack: three missed nacks.
+    assert m.awareness == cfg.indirect_checks
+    assert m.scaled(cfg.probe_interval) == pytest.approx((cfg.indirect_checks + 1) * 0.2)
+    later = [t for t, a, msg in run(m, 0.255, 3.0) if isinstance(msg, Ping)]
+    gaps = [b - a for a, b in zip(pings + later, (pings + later)[1:], strict=False)]
+    # The first gap was scheduled while still healthy; every later one is stretched.
+    assert gaps[0] == pytest.approx(cfg.probe_interval, abs=0.006)
+    assert len(gaps) >= 2
+    assert min(gaps[1:]) >= (cfg.indirect_checks + 1) * cfg.probe_interval - 0.006
+
+
+def test_nacks_mean_the_target_not_us_is_in_trouble():
+    cfg = lan()
+    m = make("a", "bcdef", cfg)
+    t = 0.0
+    sent = []
+    while t < 0.3:
+        m.tick(t)
+        out, _ = m.take()
+        for _a, msg in out:
+            if isinstance(msg, PingReq):
+                m.handle(t, "127.0.0.9:9", Nack(msg.seq))  # helpers report silence
+            sent.append(msg)
+        t += 0.005
+    assert any(isinstance(x, PingReq) for x in sent)
+    assert m.awareness == 0
+    assert SUSPECT in {m.state_of(n) for n in "bcdef"}
+
+
+def test_intermediary_forwards_ack_or_nacks_in_time():
+    cfg = lan()
+    h = make("h", "abt", cfg)
+    h.handle(1.0, addr("a"), PingReq(42, "t", addr("t")))
+    out, _ = h.take()
+    [(dest, ping)] = out
+    assert dest == addr("t") and ping.target == "t"
+    h.tick(1.0 + cfg.nack_fraction * cfg.probe_timeout)
+    out, _ = h.take()
+    assert (addr("a"), Nack(42)) in out
+    # A late ack is still forwarded: better late than a false suspicion.
+    h.handle(1.09, addr("t"), Ack(ping.seq))
+    out, _ = h.take()
+    assert (addr("a"), Ack(42)) in out
+
+
+def test_ping_for_a_previous_owner_of_our_address_is_not_answered():
+    m = make("a")
+    m.handle(1.0, addr("b"), Ping(5, "someone-else"))
+    assert m.take()[0] == []
+    m.handle(1.0, addr("b"), Ping(6, "a"))
+    assert m.take()[0] == [(addr("b"), Ack(6))]
+
+
+# --- leave, reap, join ----------------------------------------------------------------------
+
+
+def test_left_member_is_not_declared_dead():
+    cfg = lan()
+    a = make("a", "bc", cfg)
+    c = make("c", "ab", cfg)
+    a.leave(1.0)
+    out, _ = a.take()
+    for dest, msg in out:
+        if dest == addr("c"):
+            c.handle(1.0, addr("a"), msg)
+    for u in a.piggyback(8):
+        c.handle(1.0, addr("a"), u)
+    assert c.state_of("a") == LEFT
+    assert events_of(c, MemberLeft) == [MemberLeft("a", 0)]
+    # Silence afterwards is expected: no suspicion, no death, and a stale dead verdict
+    # at the same incarnation does not turn "left" into "dead".
+    run(c, 1.0, 10.0)
+    c.apply(10.0, upd("a", DEAD, 0, origin="b"))
+    assert c.state_of("a") == LEFT
+    assert not [e for e in c.take()[1] if isinstance(e, MemberDead | MemberSuspected)]
+
+
+def test_leaving_node_stops_probing_and_does_not_refute():
+    a = make("a", "bc")
+    a.leave(1.0)
+    a.take()
+    sent = run(a, 1.0, 3.0)
+    assert not [m for _, _, m in sent if isinstance(m, Ping | PingReq | MembershipSync)]
+    a.apply(3.0, upd("a", DEAD, 0))
+    assert a.me.state == LEFT and a.incarnation == 0
+
+
+def test_dead_and_left_members_are_reaped():
+    cfg = lan().with_(reap_after=5.0)
+    m = make("a", "bcd", cfg)
+    m.apply(1.0, upd("b", SUSPECT, origin="c"))
+    m.apply(1.0, upd("b", DEAD, origin="c"))
+    m.apply(1.0, upd("c", LEFT, 0, origin="c"))
+    m.take()
+    m.tick(5.5)
+    assert m.state_of("b") == DEAD  # not yet
+    m.tick(6.5)
+    reaped = events_of(m, MemberReaped)
+    assert sorted(reaped, key=lambda e: e.node) == [
+        MemberReaped("b", DEAD),
+        MemberReaped("c", LEFT),
+    ]
+    assert m.state_of("b") is None and m.state_of("c") is None
+    assert m.state_of("d") is not None  # never dead: not reaped
+
+
+def test_join_through_a_seed_exchanges_full_membership():
+    seed = make("s", "xy")
+    j = Membership("j", addr("j"), lan(), random.Random(1))
+    j.start(0.0, seeds=[addr("s")])
+    out, _ = j.take()
+    [(dest, sync)] = out
+    assert dest == addr("s") and sync.reply
+    seed.handle(0.01, addr("j"), sync)
+    out, ev = seed.take()
+    assert MemberJoined("j", addr("j"), 0, b"") in ev
+    [(dest, reply)] = [(d, m) for d, m in out if isinstance(m, MembershipSync)]
+    assert dest == addr("j") and not reply.reply
+    j.handle(0.02, addr("s"), reply)
+    assert sorted(j.live_members()) == ["s", "x", "y"]
+    assert {e.node for e in j.take()[1] if isinstance(e, MemberJoined)} == {"s", "x", "y"}
+
+
+def test_rumours_are_retransmitted_a_bounded_number_of_times():
+    cfg = lan()
+    m = make("a", "bcdefghij", cfg)
+    m.apply(1.0, upd("z", ALIVE, 0))
+    limit = cfg.retransmit_limit(m.estimated_size())
+    sent = 0
+    for _ in range(limit + 5):
+        sent += sum(1 for u in m.piggyback(8) if u.node == "z")
+    assert sent == limit
+
+
+def test_rejoin_after_partition_heals():
+    sim = Simulator(SEED, lan(), NetworkConfig(), replicate=False, wire=True)
+    ids = [f"n{i}" for i in range(8)]
+    for n in ids:
+        sim.add_node(n)
+    for n in ids:
+        sim.start(n, known=ids)
+    left, right = ids[:4], ids[4:]
+    sim.partition(1.0, 8.0, [left, right])
+    sim.run_until(8.0)
+    for n in left:
+        for other in right:
+            assert sim.nodes[n].membership.state_of(other) == DEAD, (SEED, n, other)
+    sim.run_until(8.0 + 3 * lan().reconnect_interval + 2.0)
+    for n in ids:
+        m = sim.nodes[n].membership
+        assert sorted(m.live_members()) == sorted(x for x in ids if x != n), (SEED, n)
+    recovered = [e for t, o, e in sim.event_log if isinstance(e, MemberAlive) and t >= 8.0]
+    assert recovered and all(e.reason == "recovered" for e in recovered)
+    # Nobody on the same side of the partition was ever declared dead.
+    for t, o, e in sim.event_log:
+        if isinstance(e, MemberDead):
+            assert (o in left) != (e.node in left), (SEED, t, o, e)
+
+
+# --- bad input and configuration -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        MemberUpdate("b", addr("b"), 0, "zombie", "x"),
+        MemberUpdate("b", addr("b"), -1, ALIVE, "x"),
+        MemberUpdate("q", "no-port", 1, ALIVE, "x"),
+        MemberUpdate("q", "host:99999", 1, ALIVE, "x"),
+    ],
+)
+def test_bad_rumours_raise_local_error_and_change_nothing(bad):
+    m = make("a")
+    before = {n: (x.state, x.incarnation) for n, x in m.members.items()}
+    with pytest.raises(LocalError):
+        m.apply(1.0, bad)
+    assert {n: (x.state, x.incarnation) for n, x in m.members.items()} == before
+
+
+def test_bad_construction_and_misuse():
+    with pytest.raises(LocalError):
+        Membership("", "h:1", lan(), random.Random(1))
+    with pytest.raises(LocalError):
+        Membership("a", "nohost", lan(), random.Random(1))
+    m = make("a")
+    with pytest.raises(LocalError):
+        m.start(0.0)
+    with pytest.raises(LocalError):
+        m.handle(0.0, "h:1", object())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"probe_interval": 0},
+        {"probe_timeout": 0.5},
+        {"nack_fraction": 1.0},
+        {"suspicion_max_mult": 0.5},
+        {"indirect_checks": 0},
+        {"reap_after": -1},
+    ],
+)
+def test_bad_config_is_rejected(change):
+    with pytest.raises(LocalError):
+        lan().with_(**change)
+
+
+def test_profiles():
+    assert profile("lan") == lan() and profile("wan") == wan() and profile("local") == local()
+    with pytest.raises(LocalError):
+        profile("moon")
+    # The LAN promise: a dead peer in a small cluster in about a second.
+    assert lan().suspicion_min(5) == pytest.approx(0.5)
+    assert wan().probe_interval > lan().probe_interval
