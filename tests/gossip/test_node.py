@@ -1,0 +1,172 @@
+"""The sans-IO Node: envelopes, piggybacking, replication through membership, leave."""
+
+from __future__ import annotations
+
+import random
+
+import pycrdt
+import pytest
+
+from crdt_types.errors import LocalError
+from crdt_types.fingerprint import fingerprint
+from gossip.codec import decode_envelope, encode_envelope
+from gossip.config import lan
+from gossip.events import MemberDead, MemberJoined, MemberLeft
+from gossip.messages import LEFT, Envelope, MemberUpdate, Ping
+from gossip.node import Node, Output
+from gossip.replica import MemoryReplica
+from gossip.replication import DocumentUpdated
+
+SEED = 11
+
+
+class Loop:
+    """A lossless in-process network for a few nodes, every frame through the real codec."""
+
+    def __init__(self, ids, replicate=True):
+        self.nodes = {}
+        self.events = []
+        self.now = 0.0
+        for i, n in enumerate(ids):
+            replica = MemoryReplica() if replicate else None
+            self.nodes[n] = Node(
+                n, f"127.0.0.{i + 1}:7946", lan(), random.Random(f"{SEED}:{n}"), replica
+            )
+        self.by_address = {node.address: n for n, node in self.nodes.items()}
+        self.queue = []
+        self.down = set()
+
+    def start_all(self):
+        ids = list(self.nodes)
+        for n in ids:
+            self.handle(
+                n, self.nodes[n].start(0.0, known=[(x, self.nodes[x].address) for x in ids])
+            )
+
+    def handle(self, n, out: Output):
+        assert isinstance(out, Output)
+        self.events.extend((self.now, n, e) for e in out.events)
+        for address, env in out.sends:
+            assert isinstance(env, Envelope) and env.sender == n
+            self.queue.append((self.by_address[address], encode_envelope(env)))
+
+    def run(self, until, step=0.005):
+        while self.now < until:
+            self.now = round(self.now + step, 6)
+            for n, node in self.nodes.items():
+                if n not in self.down and node.next_deadline() <= self.now:
+                    self.handle(n, node.tick(self.now))
+            while self.queue:
+                batch, self.queue = self.queue, []
+                for dest, data in batch:
+                    if dest not in self.down:
+                        self.handle(dest, self.nodes[dest].receive(self.now, decode_envelope(data)))
+
+
+def write(node: Node, doc_id: str, key: str, value: str) -> bytes:
+    doc = node.replica.doc(doc_id)
+    before = doc.get_state()
+    with doc.transaction():
+        doc.get("data", type=pycrdt.Map)[key] = value
+    node.replica.changed(doc_id)
+    return doc.get_update(before)
+
+
+def test_local_update_reaches_every_replica_with_equal_fingerprints():
+    loop = Loop(["a", "b", "c", "d"])
+    loop.start_all()
+    loop.run(0.5)
+    a = loop.nodes["a"]
+    loop.handle("a", a.local_update(loop.now, "session/1", write(a, "session/1", "k", "v")))
+    loop.run(1.5)
+    prints = {n: fingerprint(node.replica.doc("session/1")) for n, node in loop.nodes.items()}
+    assert len(set(prints.values())) == 1, (SEED, prints)
+    assert loop.nodes["d"].replica.doc("session/1").get("data", type=pycrdt.Map)["k"] == "v"
+    updated = {n for _, n, e in loop.events if isinstance(e, DocumentUpdated)}
+    assert updated == {"b", "c", "d"}
+
+
+def test_one_envelope_per_destination_with_piggybacked_rumours():
+    cfg = lan()
+    node = Node("a", "127.0.0.1:7000", cfg, random.Random(SEED))
+    peers = [(f"p{i}", f"127.0.0.{i + 2}:7000") for i in range(5)]
+    node.start(0.0, known=peers)
+    # A rumour about a new member waits to be piggybacked.
+    out = node.receive(
+        0.01,
+        Envelope("p0", "127.0.0.2:7000", 0, (MemberUpdate("z", "10.0.0.9:1", 0, "alive", "z"),)),
+    )
+    assert MemberJoined("z", "10.0.0.9:1", 0, b"") in out.events
+    sends = []
+    t = 0.0
+    while t < 0.4:
+        sends.extend(node.tick(t).sends)
+        t += 0.01
+    assert sends
+    addresses = [a for a, _ in sends]
+    pings = [(a, env) for a, env in sends if any(isinstance(m, Ping) for m in env.messages)]
+    assert pings
+    for _a, env in pings:
+        # Each probe carries its rumours in the same envelope (SWIM piggybacking)...
+        assert sum(isinstance(m, MemberUpdate) for m in env.messages) <= cfg.max_piggyback
+    carried = [m for _, env in sends for m in env.messages if isinstance(m, MemberUpdate)]
+    assert any(m.node == "z" for m in carried)
+    # ...and one call never sends two envelopes to one address.
+    assert "127.0.0.1:7000" not in addresses
+
+
+def test_killed_node_is_declared_dead_by_every_peer():
+    loop = Loop(["a", "b", "c", "d", "e"], replicate=False)
+    loop.start_all()
+    loop.run(0.5)
+    loop.down.add("e")
+    loop.run(3.0)
+    dead = {(n, e.node) for _, n, e in loop.events if isinstance(e, MemberDead)}
+    assert dead == {(n, "e") for n in "abcd"}
+    last = max(t for t, _, e in loop.events if isinstance(e, MemberDead))
+    # The LAN profile's promise on a quiet network: about a second (virtual time).
+    assert last - 0.5 <= 1.5
+
+
+def test_leave_is_seen_as_left_not_dead():
+    loop = Loop(["a", "b", "c"], replicate=False)
+    loop.start_all()
+    loop.run(0.5)
+    loop.handle("c", loop.nodes["c"].leave(loop.now))
+    loop.run(1.0)
+    loop.down.add("c")  # it shuts down after telling the others
+    loop.run(6.0)
+    assert {(n, e.node) for _, n, e in loop.events if isinstance(e, MemberLeft)} == {
+        ("a", "c"),
+        ("b", "c"),
+    }
+    assert not [e for _, _, e in loop.events if isinstance(e, MemberDead)]
+    assert loop.nodes["a"].membership.state_of("c") == LEFT
+
+
+def test_next_deadline_is_when_something_is_due():
+    node = Node("a", "127.0.0.1:7000", lan(), random.Random(SEED))
+    node.start(0.0, known=[("b", "127.0.0.2:7000")])
+    t = node.next_deadline()
+    assert 0.0 <= t <= lan().gossip_interval
+    out = node.tick(t)
+    assert node.next_deadline() > t
+    assert isinstance(out, Output)
+
+
+def test_misuse_raises_local_error():
+    node = Node("a", "127.0.0.1:7000", lan(), random.Random(SEED))
+    with pytest.raises(LocalError):
+        node.tick(0.0)
+    with pytest.raises(LocalError):
+        node.receive(0.0, Envelope("b", "127.0.0.2:7000", 0, ()))
+    node.start(0.0)
+    with pytest.raises(LocalError):
+        node.local_update(0.0, "d", b"\x00\x00")  # no replica
+    with_replica = Node("r", "127.0.0.3:7000", lan(), random.Random(SEED), MemoryReplica())
+    with_replica.start(0.0)
+    with pytest.raises(LocalError):
+        with_replica.receive(0.0, Envelope("b", "127.0.0.2:7000", 0, (object(),)))
+    with_replica.leave(0.1)
+    with pytest.raises(LocalError):
+        with_replica.local_update(0.2, "d", b"\x00\x00")
