@@ -537,7 +537,11 @@ class Membership:
 
     def _on_sync(self, now: float, sender_address: str, msg: MembershipSync) -> None:
         for upd in msg.members:
-            self.apply(now, upd, from_sync=True, sender_address=sender_address)
+            # The sender's word about itself is first-hand: gossip it on like a rumour, so
+            # a member that joined through us is known to the others within a few rounds
+            # (they must be able to address it, e.g. to send it replica acks).
+            about_sender = upd.address == sender_address and upd.state == ALIVE
+            self.apply(now, upd, from_sync=not about_sender, sender_address=sender_address)
         if msg.reply:
             self._send_sync(sender_address, reply=False)
 
@@ -659,10 +663,10 @@ class Membership:
         )
         self._events.append(MemberSuspected(m.node, incarnation, origin))
         self._queue(m.update())
-        if origin != self.node_id:
-            # Lifeguard's buddy system, sooner: tell the accused at once so that a live
-            # member refutes before our timer runs out (our own probe already pinged it).
-            self._outbox.append((m.address, m.update()))
+        # Lifeguard's buddy system, sooner: tell the accused at once so that a live member
+        # refutes (straight back to us) long before our timer runs out, even when the
+        # gossip queues are busy. One message per suspicion, wasted only on the dead.
+        self._outbox.append((m.address, m.update()))
 
     def _confirm(self, m: Member, incarnation: int, origin: str) -> None:
         if incarnation > m.incarnation:

@@ -554,6 +554,11 @@ def run_scenario_sim(
         "rounds_to_converge": (
             None if converged_at is None else math.ceil((converged_at - last_write) / rnd - 1e-9)
         ),
+        "rounds_to_converge_after_heal": (
+            None
+            if converged_at is None or heal_at is None
+            else max(0, math.ceil((converged_at - max(heal_at, last_write)) / rnd - 1e-9))
+        ),
         "log2_nodes": round(math.log2(nodes), 3),
         "detect_rounds_p50": None,
         "detect_rounds_max": None,
