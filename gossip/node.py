@@ -118,10 +118,15 @@ class Node:
         m = self.membership
         extra: list[tuple[str, object]] = []
         events: list[object] = []
+        # Membership first: replication may need to address a member that this very
+        # envelope introduces (piggybacked rumours travel after the payload).
         for msg in env.messages:
             if isinstance(msg, _MEMBERSHIP_TYPES):
                 m.handle(now, env.sender_address, msg)
-            elif self.replicator is not None and not self.left:
+        for msg in env.messages:
+            if isinstance(msg, _MEMBERSHIP_TYPES):
+                continue
+            if self.replicator is not None and not self.left:
                 sends, evs = self.replicator.receive(now, env.sender, msg)
                 extra.extend(self._resolve(sends, env))
                 events.extend(evs)
