@@ -52,8 +52,14 @@ before they do; the runtime should pull the document from live peers before call
 Peers declare the owner dead at slightly different times, so slots differ by that much;
 `stagger` should exceed that spread plus the time a claim takes to spread.
 
-**Split brain** is decided by `gossip.quorum` (majority of the last stable membership,
-ties to the half with the lowest id; or the availability policy). **Fencing**: after a
+**Split brain** is decided by `gossip.quorum`: act on a failure only while seeing a
+majority of the last stable membership, where seeing a member means it has been alive
+since before the failure *and* we heard from it after the failure was declared (ties to
+the half with the lowest id; or the availability policy). An owner we heard from after
+declaring it dead is not taken over for `catchup_timeout` (a healed partition: it is
+about to refute). Both rules came from the simulator: without them a minority counted a
+member it had not probed yet, and after a heal a side counted members that had just come
+back while the owner's refutation was still on its way. **Fencing**: after a
 merge of the ownership table, `fenced` lists the sessions this node believed it owned
 that now belong to someone else at a higher (epoch, owner); the runtime raises
 `crdt_types.errors.Fenced` on writes to them and emits the events.
@@ -72,7 +78,15 @@ from crdt_types.ownership import Claim
 from crdt_types.vv import VersionVector, decode_state_vector
 from gossip.events import OwnerChanged, StandbyAssigned, TakeoverPlanned, WorkloadFenced
 from gossip.messages import ALIVE, DEAD, LEFT, MEMBER_STATES, SUSPECT
-from gossip.quorum import AVAILABILITY, MAJORITY, POLICIES, StableMembership, has_quorum
+from gossip.quorum import (
+    AVAILABILITY,
+    MAJORITY,
+    POLICIES,
+    RECHECK,
+    StableMembership,
+    has_quorum,
+    visible,
+)
 from gossip.successor import rank, standby
 
 __all__ = [
@@ -109,6 +123,7 @@ CLAIM_REASONS = (
     "handoff_sync",  # hand-off to a successor that must first catch up with the owner
     "waiting",  # nobody covers the target yet; wait for catch-up (no successor)
     "no_quorum",  # this side cannot see a quorum of the stable membership
+    "owner_heard",  # the owner spoke after it was declared dead: wait for it to refute
     "no_candidate",  # no member is alive and ready to take it
 )
 
@@ -138,12 +153,18 @@ def _check_id(value: object, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MemberView:
-    """One member as this node sees it: `state` since `since` (protocol time), and readiness."""
+    """One member as this node sees it (times are protocol time, like `now`).
+
+    `state` since `since`; `ready`: its replica is caught up and its stores loaded (as it
+    announced); `heard`: when this node last received an authenticated frame from it
+    (None: never). The split-brain rule counts only members heard from after a failure.
+    """
 
     node: str
     state: str
     since: float
     ready: bool = True
+    heard: float | None = None
 
     def __post_init__(self) -> None:
         _check_id(self.node, "member id")
@@ -155,6 +176,12 @@ class MemberView:
             raise InvalidValue(f"member {self.node!r}: since is NaN")
         if not isinstance(self.ready, bool):
             raise InvalidValue(f"member {self.node!r}: ready must be a bool")
+        if self.heard is not None and (
+            isinstance(self.heard, bool)
+            or not isinstance(self.heard, int | float)
+            or math.isnan(self.heard)
+        ):
+            raise InvalidValue(f"member {self.node!r}: heard must be a number or None")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +220,8 @@ class FailoverView:
     (`OwnershipTable.claims()`). `durable(node, workload)` returns the durable version
     vector `node` reported for the workload's document (for `me`, our own), as a
     `VersionVector` or pycrdt state-vector bytes, or None if unknown. `stable` is
-    `StableMembership.stable` (None: not settled yet, so no quorum in majority mode).
+    `StableMembership.stable` (None: not settled yet, so no quorum in majority mode) and
+    `stable_since` its `adopted_at`.
     """
 
     me: str
@@ -202,6 +230,7 @@ class FailoverView:
     durable: DurableLookup = _no_durable
     stable: frozenset[str] | None = None
     policy: FailoverPolicy = field(default_factory=FailoverPolicy)
+    stable_since: float = -math.inf
 
     def __post_init__(self) -> None:
         _check_id(self.me, "node id")
@@ -230,6 +259,9 @@ class FailoverView:
             object.__setattr__(self, "stable", stable)
         if not isinstance(self.policy, FailoverPolicy):
             raise InvalidValue("policy must be a FailoverPolicy")
+        t = self.stable_since
+        if isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t):
+            raise InvalidValue(f"stable_since must be a number, not {t!r}")
         object.__setattr__(self, "members", members)
         object.__setattr__(self, "claims", claims)
 
@@ -303,10 +335,16 @@ class MemberRecord(Protocol):
 
 
 def member_views(
-    members: Iterable[MemberRecord], ready: Callable[[str], bool]
+    members: Iterable[MemberRecord],
+    ready: Callable[[str], bool],
+    heard: Mapping[str, float] | None = None,
 ) -> dict[str, MemberView]:
-    """MemberViews from membership records and a readiness test per node id."""
-    return {m.node: MemberView(m.node, m.state, m.since, bool(ready(m.node))) for m in members}
+    """MemberViews from membership records, a readiness test and last-heard times per node."""
+    heard = heard or {}
+    return {
+        m.node: MemberView(m.node, m.state, m.since, bool(ready(m.node)), heard.get(m.node))
+        for m in members
+    }
 
 
 # --- decisions ---------------------------------------------------------------------------
@@ -350,14 +388,24 @@ class Takeover:
         )
 
 
-def quorum_ok(view: FailoverView) -> bool:
-    """True if this node's side may take over, under the view's split-brain policy."""
+def quorum_ok(view: FailoverView, since: float, owner: str | None = None) -> bool:
+    """True if this node's side may act on `owner`'s failure declared at `since`.
+
+    Counted: this node and the members of the stable set alive since before the failure
+    and heard from after it (see `gossip.quorum.visible`). If the stable set no longer
+    holds the owner, this side already agreed, under quorum, that it is gone; the
+    evidence then has to postdate that adoption instead.
+    """
     if view.policy.split_brain == AVAILABILITY:
         return True
     if view.stable is None:
         return False
-    alive = [n for n, m in view.members.items() if m.state == ALIVE] + [view.me]
-    return has_quorum(view.stable, alive)
+    if owner is not None and owner not in view.stable:
+        since = max(since, view.stable_since)
+    states = {n: m.state for n, m in view.members.items()}
+    heard = {n: m.heard for n, m in view.members.items() if m.heard is not None}
+    up_since = {n: m.since for n, m in view.members.items()}
+    return has_quorum(view.stable, visible(view.me, states, heard, since, up_since))
 
 
 def _eligible(view: FailoverView, owner: str) -> list[str]:
@@ -425,7 +473,7 @@ def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
     """A plan for every workload whose owner is dead (or left without handing it over)."""
     _check_time(now)
     plans: list[Takeover] = []
-    quorum: bool | None = None
+    quorum: dict[tuple[float, str], bool] = {}
     vectors = _Vectors(view)
     eligible: dict[str, list[str]] = {}
     for claim in view.claims:
@@ -439,22 +487,25 @@ def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
             since = owner.since + view.policy.orphan_after
         else:
             continue
-        if quorum is None:
-            quorum = quorum_ok(view)
-        if not quorum:
+
+        def hold(reason: str, until: float, claim: Claim = claim) -> Takeover:
             target = VersionVector.from_dict(vectors.target(claim.workload, claim.owner))
-            plans.append(
-                Takeover(
-                    claim.workload,
-                    claim.owner,
-                    claim.epoch,
-                    None,
-                    "no_quorum",
-                    math.inf,
-                    None,
-                    target,
-                )
+            return Takeover(
+                claim.workload, claim.owner, claim.epoch, None, reason, until, None, target
             )
+
+        if owner.heard is not None and owner.heard > since:
+            # It spoke after we declared it dead: a healed partition, about to refute.
+            # Bounded, so one late packet from a really dead node cannot block forever.
+            until = owner.heard + view.policy.catchup_timeout
+            if now < until:
+                plans.append(hold("owner_heard", until))
+                continue
+        key = (since, claim.owner)
+        if key not in quorum:
+            quorum[key] = quorum_ok(view, since, claim.owner)
+        if not quorum[key]:
+            plans.append(hold("no_quorum", math.inf))
             continue
         if claim.owner not in eligible:
             eligible[claim.owner] = _eligible(view, claim.owner)
@@ -640,9 +691,17 @@ class FailoverState:
         # The stable set shrinks only under quorum of the set it replaces, so observing
         # first cannot let a failure grant the quorum to act on itself.
         saved = copy.copy(self.membership)
-        self.membership.observe(now, {n: m.state for n, m in view.members.items()})
+        states = {n: m.state for n, m in view.members.items()}
+        heard = {n: m.heard for n, m in view.members.items() if m.heard is not None}
+        self.membership.observe(now, states, heard)
         view = FailoverView(
-            self.me, view.members, view.claims, durable, self.membership.stable, self.policy
+            self.me,
+            view.members,
+            view.claims,
+            durable,
+            self.membership.stable,
+            self.policy,
+            self.membership.adopted_at,
         )
         try:
             plans = plan_takeovers(now, view)
@@ -665,6 +724,9 @@ class FailoverState:
         events.extend(standby_changes(self._standbys, current))
         self._standbys = current
         deadline = min(next_deadline(now, plans), self.membership.next_deadline())
+        if any(t.reason == "no_quorum" for t in plans):
+            # Quorum can complete by hearing from members, which changes no state.
+            deadline = min(deadline, now + RECHECK)
         due = [t for t in plans if t.claim_due(now)]
         return Decision(due, plans, events, deadline)
 

@@ -2,33 +2,43 @@
 
 A node cannot tell a dead peer from one it merely cannot reach. If both sides of a
 partition took over each other's sessions, every session would briefly have two owners
-running the same agent. So by default (`MAJORITY`) a side takes over only if it can see,
-as *alive*, a strict majority of the **stable membership**; when it sees exactly half,
-the half holding the lowest node id of the stable set proceeds, so a two-node mesh still
-fails over when its higher-id node dies (not when the lower one does: from one node alone
-a dead peer and a cut cable look the same, and only one of the two may act). The
-`AVAILABILITY` policy lets every side take over; the ownership table's epochs then resolve
-the double claims to one owner when the partition heals, and the loser is fenced, but
-until then two agents may run the same session.
+running the same agent. So by default (`MAJORITY`) a side takes over only if it can
+*see* a strict majority of the **stable membership**; when it sees exactly half, the
+half holding the lowest node id of the stable set proceeds, so a two-node mesh still
+fails over when its higher-id node dies (not when the lower one does: from one node
+alone a dead peer and a cut cable look the same, and only one of the two may act). The
+`AVAILABILITY` policy lets every side take over; the ownership table's epochs then
+resolve the double claims to one owner when the partition heals, and the loser is
+fenced, but until then two agents may run the same session.
+
+*Seeing* a member means: it is `alive` in our membership view **and we heard from it (any
+authenticated frame) at or after the failure we are about to act on**. State alone is
+not enough: SWIM probes one member per period, so when the first members across a
+partition are declared dead, others there can still be listed alive, not yet probed (the
+simulator showed a 2-node minority of 5 counting a stale third member and taking over).
+Fresh evidence closes that: nothing from across the partition arrives after it began,
+while on the side that holds the majority the dead rumour itself makes every member
+gossip within a round, so a real failure costs little extra time. Suspects never count.
 
 The stable membership. `StableMembership` follows the set of members that are up (alive
-or suspect, this node included) and adopts it as the stable set once it has held, unchanged,
-for `settle` seconds, and only if this side has a quorum of the stable set it replaces.
-That second condition is what makes the rule hold over time: the minority side of a
-partition sees the majority go dead, but it never reaches quorum, so it never shrinks its
-stable set to itself and never gains the right to take over; the majority side does, so a
-3-node mesh that lost one node can lose another later (2 of 3, then 1 of 2 with the tie
-rule) and keep failing over. A member that *left* gracefully is removed at once without
-quorum: it announced it will not act again, and removing a member of one's own side never
-creates a majority (k-1 of n-1 is a majority only if k of n already was).
+or suspect, this node included) and adopts it as the stable set once it has held,
+unchanged, for `settle` seconds, and only if this side has a quorum of the stable set it
+replaces (evidence heard since the change). That second condition is what makes the rule
+hold over time: the minority side of a partition sees the majority go dead, but it never
+reaches quorum, so it never shrinks its stable set to itself and never gains the right
+to take over; the majority side does, so a 3-node mesh that lost one node can lose
+another later (2 of 3, then 1 of 2 with the tie rule) and keep failing over. A member
+that *left* gracefully is removed at once without quorum: it announced it will not act
+again, and removing a member of one's own side never creates a majority (k-1 of n-1 is a
+majority only if k of n already was).
 
 Limits, honestly: until the first adoption (`settle` seconds after start) a node has no
-stable set and `has_quorum` says no; a node that starts fresh inside a minority partition,
+stable set and has no quorum; a node that starts fresh inside a minority partition,
 knowing nobody, adopts that minority as its stable set. Persist `stable` (the runtime can
 store it next to its data) and pass it back on restart to close that gap. Quorum here is
 a local decision from gossiped membership, not consensus: with partitions that change
-faster than `settle`, two sides can still both act, and the epochs in the ownership table
-are what finally leave one owner.
+faster than `settle`, two sides can still both act, and the epochs in the ownership
+table are what finally leave one owner.
 
 Pure: time is passed in, nothing here reads a clock or does I/O.
 """
@@ -41,7 +51,15 @@ from collections.abc import Iterable, Mapping
 from crdt_types.errors import InvalidValue
 from gossip.messages import ALIVE, LEFT, MEMBER_STATES, SUSPECT
 
-__all__ = ["AVAILABILITY", "MAJORITY", "POLICIES", "StableMembership", "has_quorum"]
+__all__ = [
+    "AVAILABILITY",
+    "MAJORITY",
+    "POLICIES",
+    "RECHECK",
+    "StableMembership",
+    "has_quorum",
+    "visible",
+]
 
 MAJORITY = "majority"
 AVAILABILITY = "availability"
@@ -89,15 +107,22 @@ class StableMembership:
         self._candidate: frozenset[str] | None = None
         self._since = -math.inf
         self._last = -math.inf
+        self._adopted = -math.inf
 
     @property
     def stable(self) -> frozenset[str] | None:
         """The stable membership, or None until the first one settled (or was restored)."""
         return self._stable
 
-    def observe(self, now: float, states: Mapping[str, str]) -> bool:
-        """Feed the member states seen at `now` ({node: state}); True if the stable set changed."""
+    @property
+    def adopted_at(self) -> float:
+        """When the stable set was last adopted under quorum (-inf: restored or never)."""
+        return self._adopted
+
+    def observe(self, now: float, states: Mapping[str, str], heard: Mapping[str, float]) -> bool:
+        """Feed member states and last-heard times at `now`; True if the stable set changed."""
         _check_states(states)
+        _check_heard(heard)
         changed = False
         left = {n for n, s in states.items() if s == LEFT and n != self.me}
         if self._stable is not None and self._stable & left:
@@ -109,25 +134,64 @@ class StableMembership:
             self._since = now
         self._last = now
         settled = now - self._since >= self.settle and up != self._stable
-        if settled and (self._stable is None or self.has_quorum(states)):
+        # Evidence must postdate the change: a member still listed alive but not heard
+        # from since may be on the far side of the partition that caused it.
+        if settled and (self._stable is None or self.has_quorum(states, heard, self._since)):
             self._stable = up
+            self._adopted = now
             changed = True
         return changed
 
-    def has_quorum(self, states: Mapping[str, str]) -> bool:
-        """True if the members alive in `states` (and us) hold a quorum of the stable set."""
+    def has_quorum(
+        self, states: Mapping[str, str], heard: Mapping[str, float], since: float
+    ) -> bool:
+        """True if we and the members alive and heard from at or after `since` hold a quorum."""
         if self._stable is None:
             return False
-        alive = {n for n, s in states.items() if s == ALIVE} | {self.me}
-        return has_quorum(self._stable, alive)
+        return has_quorum(self._stable, visible(self.me, states, heard, since))
 
     def next_deadline(self) -> float:
-        """When `observe` should next be called for a pending set to settle (inf: none pending).
+        """When `observe` should next be called (inf: nothing pending).
 
-        A set that settled without quorum waits for a membership change, which the caller
-        observes anyway, so it yields inf rather than a deadline in the past.
+        A pending set is due when it has settled; one that settled without quorum is
+        checked again every `settle` seconds (at least `RECHECK`), since hearing from
+        members, which is not a membership change, can complete the quorum.
         """
         if self._candidate is None or self._candidate == self._stable:
             return math.inf
         due = self._since + self.settle
-        return due if due > self._last else math.inf
+        return due if due > self._last else self._last + max(self.settle, RECHECK)
+
+
+RECHECK = 0.25  # seconds between quorum re-checks while evidence is missing
+
+
+def visible(
+    me: str,
+    states: Mapping[str, str],
+    heard: Mapping[str, float],
+    since: float,
+    up_since: Mapping[str, float] | None = None,
+) -> set[str]:
+    """Us, plus the members alive in `states` that we heard from at or after `since`.
+
+    With `up_since` (when each entered its current state), a member also must have been
+    alive since `since` or before: one that was down to us after the failure (healed
+    partition, refuted suspicion) was not on our side throughout, so it cannot vouch.
+    """
+    out = {me}
+    for node, state in states.items():
+        if state != ALIVE or heard.get(node, -math.inf) < since:
+            continue
+        if up_since is not None and up_since.get(node, math.inf) > since:
+            continue
+        out.add(node)
+    return out
+
+
+def _check_heard(heard: Mapping[str, float]) -> None:
+    if not isinstance(heard, Mapping):
+        raise InvalidValue(f"heard must map node id -> time, not {type(heard).__name__}")
+    for node, t in heard.items():
+        if isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t):
+            raise InvalidValue(f"heard time of {node!r} must be a number, not {t!r}")

@@ -35,6 +35,15 @@ from gossip.quorum import AVAILABILITY, MAJORITY
 from gossip.successor import rank, standby
 
 OWNER_CLIENT = 7  # the dead owner's pycrdt client id in every vector below
+# Unless a test says otherwise, every member up was heard after every failure, and no
+# dead or left member was heard after it went down.
+HEARD = 100.0
+
+
+def _default_heard(state: str) -> float | None:
+    return HEARD if state in (ALIVE, SUSPECT) else None
+
+
 STAGGER = 0.25
 CATCHUP = 2.0
 
@@ -54,9 +63,14 @@ def view(
     unready=(),
     stable=None,
     policy: FailoverPolicy | None = None,
+    heard: dict[str, float | None] | None = None,
 ) -> FailoverView:
     since = since or {}
-    members = {n: MemberView(n, s, since.get(n, 0.0), n not in unready) for n, s in states.items()}
+    heard = heard or {}
+    members = {
+        n: MemberView(n, s, since.get(n, 0.0), n not in unready, heard.get(n, _default_heard(s)))
+        for n, s in states.items()
+    }
     table = dict(durable or {})
     return FailoverView(
         me=me,
@@ -376,15 +390,76 @@ def test_two_node_mesh_exactly_one_side_proceeds():
 def test_suspects_do_not_count_towards_quorum():
     states = {"a": ALIVE, "b": SUSPECT, "c": SUSPECT, "d": DEAD, "e": DEAD}
     v = view("a", states, [Claim("w", "d", 1)], stable="abcde")
-    assert not quorum_ok(v)
+    assert not quorum_ok(v, 0.0)
     assert [t.reason for t in plan_takeovers(0.0, v)] == ["no_quorum"]
+
+
+def test_a_member_not_heard_since_the_failure_does_not_make_a_quorum():
+    # 3 nodes, partition {a, b} | {c}: c declared a dead at 5.0 but has not probed b yet.
+    states = {"a": DEAD, "b": ALIVE, "c": ALIVE}
+    claims = [Claim("w", "a", 1)]
+    stale = view("c", states, claims, since={"a": 5.0}, heard={"a": 4.0, "b": 4.1})
+    assert not quorum_ok(stale, 5.0)
+    assert [t.reason for t in plan_takeovers(5.5, stale)] == ["no_quorum"]
+    # Had a really crashed, b's gossip about it would arrive: then c may act.
+    fresh = view("c", states, claims, since={"a": 5.0}, heard={"a": 4.0, "b": 5.1})
+    assert quorum_ok(fresh, 5.0)
+    assert [t.reason for t in plan_takeovers(5.5, fresh)] == ["caught_up"]
+    never = view("c", states, claims, since={"a": 5.0}, heard={"a": 4.0, "b": None})
+    assert not quorum_ok(never, 5.0)
+    # The availability policy does not ask for evidence.
+    avail = FailoverPolicy(split_brain=AVAILABILITY)
+    stale_avail = view("c", states, claims, since={"a": 5.0}, heard={"b": 4.1}, policy=avail)
+    assert quorum_ok(stale_avail, 5.0)
+
+
+def test_an_owner_heard_after_its_death_is_given_time_to_refute():
+    # A healed partition: the "dead" owner's frames arrive again before its refutation.
+    states = {"a": DEAD, "b": ALIVE, "c": ALIVE}
+    claims = [Claim("w", "a", 1)]
+    v = view("b", states, claims, since={"a": 5.0}, heard={"a": 6.0})
+    (t,) = plan_takeovers(6.5, v)
+    assert (t.reason, t.successor, t.my_slot, t.not_before) == (
+        "owner_heard",
+        None,
+        None,
+        6.0 + CATCHUP,
+    )
+    assert next_deadline(6.5, [t]) == 6.0 + CATCHUP
+    # One late packet from a really dead node does not block the takeover for ever.
+    (t,) = plan_takeovers(6.0 + CATCHUP, v)
+    assert t.reason == "caught_up"
+    # Frames from before the death declaration mean nothing.
+    (t,) = plan_takeovers(5.0, view("b", states, claims, since={"a": 5.0}, heard={"a": 4.9}))
+    assert t.reason == "caught_up"
+
+
+def test_a_member_that_was_down_after_the_failure_cannot_vouch_for_it():
+    # c's view after a partition {a, b} | {c} healed: a (the owner) is still listed dead
+    # (its refutation has not arrived), b is alive again since 12.0 and heard: b was
+    # across the partition when a "died" at 5.0, so it does not count.
+    states = {"a": DEAD, "b": ALIVE, "c": ALIVE}
+    claims = [Claim("w", "a", 1)]
+    v = view("c", states, claims, since={"a": 5.0, "b": 12.0, "c": 0.0}, heard={"b": 12.1})
+    assert not quorum_ok(v, 5.0, "a")
+    assert [t.reason for t in plan_takeovers(12.2, v)] == ["no_quorum"]
+    # A member up since before the failure and heard after it counts.
+    v = view("c", states, claims, since={"a": 5.0, "b": 1.0, "c": 0.0}, heard={"b": 5.2})
+    assert quorum_ok(v, 5.0, "a")
+    # Once this side adopted a stable set without the owner (under quorum, at 7.0),
+    # members up since that adoption vouch for it.
+    v = view("c", states, claims, since={"a": 5.0, "b": 6.0, "c": 0.0}, heard={"b": 7.5})
+    assert not quorum_ok(v, 5.0, "a")
+    adopted = FailoverView(v.me, v.members, v.claims, v.durable, frozenset("bc"), v.policy, 7.0)
+    assert quorum_ok(adopted, 5.0, "a")
+    assert [t.reason for t in plan_takeovers(8.0, adopted)] == ["caught_up"]
 
 
 def test_no_stable_membership_yet_means_no_quorum_in_majority_mode():
     states = {"a": ALIVE, "b": DEAD}
     v = view("a", states, [Claim("w", "b", 1)])
     v = FailoverView(v.me, v.members, v.claims, v.durable, None, v.policy)
-    assert not quorum_ok(v)
+    assert not quorum_ok(v, 0.0)
     assert [t.reason for t in plan_takeovers(0.0, v)] == ["no_quorum"]
 
 
@@ -588,6 +663,8 @@ def _members():
         lambda: MemberView("a", ALIVE, "now"),
         lambda: MemberView("a", ALIVE, math.nan),
         lambda: MemberView("a", ALIVE, 0.0, ready=1),
+        lambda: MemberView("a", ALIVE, 0.0, heard="then"),
+        lambda: MemberView("a", ALIVE, 0.0, heard=math.nan),
         lambda: FailoverPolicy(split_brain="yolo"),
         lambda: FailoverPolicy(stagger=-1),
         lambda: FailoverPolicy(catchup_timeout=math.inf),
@@ -606,6 +683,8 @@ def _members():
         lambda: FailoverView("a", _members(), stable=frozenset()),
         lambda: FailoverView("a", _members(), stable=frozenset({"a", 3})),
         lambda: FailoverView("a", _members(), policy="majority"),
+        lambda: FailoverView("a", _members(), stable_since=math.nan),
+        lambda: FailoverView("a", _members(), stable_since="now"),
     ],
 )
 def test_bad_inputs_are_refused(make):
@@ -651,8 +730,9 @@ def test_member_views_from_membership_records():
     from gossip.membership import Membership
 
     m = Membership("a", "127.0.0.1:1", lan(), random.Random(1))
-    views = member_views(m.members.values(), ready=lambda n: n == "a")
-    assert views == {"a": MemberView("a", ALIVE, 0.0, True)}
+    views = member_views(m.members.values(), ready=lambda n: n == "a", heard={"a": 2.0})
+    assert views == {"a": MemberView("a", ALIVE, 0.0, True, 2.0)}
+    assert member_views(m.members.values(), ready=bool) == {"a": MemberView("a", ALIVE, 0.0)}
 
 
 @pytest.mark.parametrize("policy", [MAJORITY, AVAILABILITY])
@@ -707,8 +787,8 @@ def _owned(table: OwnershipTable, node: str) -> dict[str, int]:
 # --- the state machine ----------------------------------------------------------------
 
 
-def _members_at(states: dict[str, str], since: float = 0.0, unready=()) -> dict[str, MemberView]:
-    return {n: MemberView(n, s, since, n not in unready) for n, s in states.items()}
+def _members_at(states: dict[str, str], since: float = 0.0) -> dict[str, MemberView]:
+    return {n: MemberView(n, s, since, True, _default_heard(s)) for n, s in states.items()}
 
 
 def test_state_machine_takes_over_once_and_raises_each_event_once():
@@ -782,7 +862,7 @@ def test_state_machine_waits_for_a_stable_membership_before_acting():
     members = _members_at({"a": DEAD, "b": ALIVE, "c": ALIVE})
     d = b.step(0.0, members, [Claim("w", "a", 1)])
     assert d.claims == [] and [t.reason for t in d.plans] == ["no_quorum"]
-    assert d.deadline == 2.0
+    assert d.deadline == 0.25  # re-checked soon: hearing from members can complete a quorum
     d = b.step(2.0, members, [Claim("w", "a", 1)])
     assert [t.reason for t in d.plans] == ["caught_up"] and d.plans[0].successor in "bc"
 

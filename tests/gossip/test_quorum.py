@@ -8,7 +8,7 @@ import pytest
 
 from crdt_types.errors import InvalidValue
 from gossip.messages import ALIVE, DEAD, LEFT, SUSPECT
-from gossip.quorum import StableMembership, has_quorum
+from gossip.quorum import StableMembership, has_quorum, visible
 
 FIVE = ["a", "b", "c", "d", "e"]
 
@@ -48,35 +48,46 @@ def test_either_half_of_an_even_split_but_never_both():
         assert has_quorum(nodes, half) != has_quorum(nodes, other)
 
 
+def fresh(st: dict[str, str], t: float) -> dict[str, float]:
+    """Heard from every member listed alive or suspect at `t` (no partition)."""
+    return {n: t for n, s in st.items() if s in (ALIVE, SUSPECT)}
+
+
+def obs(sm: StableMembership, t: float, st: dict[str, str]) -> bool:
+    return sm.observe(t, st, fresh(st, t))
+
+
 def test_no_stable_set_until_the_first_one_settles():
     sm = StableMembership("a", settle=5.0)
-    assert sm.stable is None and not sm.has_quorum(states(alive="abc"))
-    assert sm.observe(0.0, states(alive="abc")) is False
+    up = states(alive="abc")
+    assert sm.stable is None and not sm.has_quorum(up, fresh(up, 0.0), 0.0)
+    assert obs(sm, 0.0, up) is False
     assert sm.next_deadline() == 5.0
-    assert sm.observe(4.9, states(alive="abc")) is False
-    assert sm.observe(5.0, states(alive="abc")) is True
+    assert obs(sm, 4.9, up) is False
+    assert obs(sm, 5.0, up) is True
     assert sm.stable == {"a", "b", "c"}
     assert sm.next_deadline() == math.inf
 
 
 def test_a_change_restarts_the_settle_clock_and_suspects_count_as_up():
     sm = StableMembership("a", settle=2.0, stable="abc")
-    sm.observe(0.0, states(alive="abcd"))
-    sm.observe(1.0, states(alive="abc", suspect="d"))  # suspect is still up: no change
-    sm.observe(1.5, states(alive="abc"))  # d forgotten: the candidate changed
-    sm.observe(2.5, states(alive="abcd"))  # and back: the clock starts again
-    assert sm.observe(4.4, states(alive="abcd")) is False
+    obs(sm, 0.0, states(alive="abcd"))
+    obs(sm, 1.0, states(alive="abc", suspect="d"))  # suspect is still up: no change
+    obs(sm, 1.5, states(alive="abc"))  # d forgotten: the candidate changed
+    obs(sm, 2.5, states(alive="abcd"))  # and back: the clock starts again
+    assert obs(sm, 4.4, states(alive="abcd")) is False
     assert sm.stable == set("abc")
     assert sm.next_deadline() == 4.5
-    assert sm.observe(4.5, states(alive="abc", suspect="d")) is True
+    assert obs(sm, 4.5, states(alive="abc", suspect="d")) is True
     assert sm.stable == set("abcd")
 
 
 def _partition(sm: StableMembership, side: str, other: str, start: float) -> None:
-    # The other side goes suspect, then dead; time runs well past settle.
-    sm.observe(start, states(alive=side, suspect=other))
-    for t in range(1, 40):
-        sm.observe(start + t, states(alive=side, dead=other))
+    # The other side goes suspect, then dead; nothing from it arrives after `start`.
+    for t in range(0, 40):
+        st = states(alive=side, suspect=other) if t == 0 else states(alive=side, dead=other)
+        heard = {n: start + t for n in side} | {n: start - 0.5 for n in other}
+        sm.observe(start + t, st, heard)
 
 
 def test_a_minority_never_adopts_itself_as_the_stable_set():
@@ -84,9 +95,25 @@ def test_a_minority_never_adopts_itself_as_the_stable_set():
     minority = StableMembership("d", settle=5.0, stable=FIVE)
     _partition(majority, "abc", "de", 0.0)
     _partition(minority, "de", "abc", 0.0)
-    assert majority.stable == set("abc") and majority.has_quorum(states(alive="abc"))
+    assert majority.stable == set("abc")
+    assert majority.has_quorum(states(alive="abc"), fresh(states(alive="abc"), 50.0), 40.0)
     assert minority.stable == set(FIVE)
-    assert not minority.has_quorum(states(alive="de", dead="abc"))
+    assert not minority.has_quorum(states(alive="de", dead="abc"), {"e": 50.0}, 40.0)
+
+
+def test_a_member_listed_alive_but_not_heard_since_the_failure_does_not_count():
+    # The minority {d, e} has declared a and b dead but has not probed c yet: c is still
+    # listed alive, last heard before the partition began at 3.0.
+    sm = StableMembership("d", settle=1.0, stable=FIVE)
+    st = states(alive="cde", dead="ab")
+    heard = {"c": 2.9, "e": 4.5}
+    assert not sm.has_quorum(st, heard, 4.4)
+    assert sm.has_quorum(st, heard | {"c": 4.5}, 4.4)  # a real majority: c answered since
+    # Nor can the minority shrink its stable set on that stale evidence.
+    for t in (4.4, 5.0, 6.0, 9.0):
+        sm.observe(t, st, {"c": 2.9, "e": t})
+    assert sm.stable == set(FIVE)
+    assert sm.next_deadline() == 9.0 + 1.0  # re-checks while evidence is missing
 
 
 def test_a_shrunk_majority_survives_a_second_failure():
@@ -94,25 +121,24 @@ def test_a_shrunk_majority_survives_a_second_failure():
     _partition(sm, "ab", "c", 0.0)
     assert sm.stable == set("ab")
     # Now b dies: 1 of 2 with the lowest id still holds.
-    assert sm.has_quorum(states(alive="a", dead="bc"))
+    assert sm.has_quorum(states(alive="a", dead="bc"), {}, 50.0)
     other = StableMembership("b", settle=1.0, stable="ab")
-    assert not other.has_quorum(states(alive="b", dead="a"))
+    assert not other.has_quorum(states(alive="b", dead="a"), {}, 50.0)
 
 
 def test_a_member_that_left_is_dropped_at_once_even_without_quorum():
     sm = StableMembership("a", settle=100.0, stable=FIVE)
-    assert sm.observe(0.0, states(alive="a", dead="bc", left="de")) is True
+    assert obs(sm, 0.0, states(alive="a", dead="bc", left="de")) is True
     assert sm.stable == set("abc")
-    assert not sm.has_quorum(states(alive="a", dead="bc"))
+    assert not sm.has_quorum(states(alive="a", dead="bc"), {}, 0.0)
 
 
 def test_restored_stable_set_includes_us_and_gives_a_restarted_minority_no_quorum():
     sm = StableMembership("a", settle=5.0, stable=["b", "c"])
     assert sm.stable == set("abc")
-    sm.observe(0.0, states(alive="a"))
-    sm.observe(10.0, states(alive="a"))
+    obs(sm, 0.0, states(alive="a"))
+    obs(sm, 10.0, states(alive="a"))
     assert sm.stable == set("abc")  # alone: no quorum to shrink to {a}
-    assert sm.next_deadline() == math.inf  # settled without quorum: wait for a change
 
 
 @pytest.mark.parametrize(
@@ -138,5 +164,22 @@ def test_bad_construction_is_refused(make):
 def test_bad_states_are_refused_and_change_nothing(bad):
     sm = StableMembership("a", settle=0.0, stable="ab")
     with pytest.raises(InvalidValue):
-        sm.observe(1.0, {"a": ALIVE, **bad})
+        sm.observe(1.0, {"a": ALIVE, **bad}, {})
     assert sm.stable == set("ab")
+
+
+@pytest.mark.parametrize("heard", [{"b": "now"}, {"b": math.nan}, {"b": True}, [("b", 1.0)]])
+def test_bad_heard_times_are_refused_and_change_nothing(heard):
+    sm = StableMembership("a", settle=0.0, stable="ab")
+    with pytest.raises(InvalidValue):
+        sm.observe(1.0, {"a": ALIVE, "b": ALIVE, "c": ALIVE}, heard)
+    assert sm.stable == set("ab")
+
+
+def test_visible_counts_us_and_members_alive_throughout_and_heard_since():
+    st = states(alive="abcd", suspect="e")
+    heard = {"b": 5.0, "c": 4.0, "d": 6.0, "e": 6.0}
+    assert visible("a", st, heard, 5.0) == {"a", "b", "d"}  # c is stale, e is suspect
+    up_since = {"b": 1.0, "d": 5.5}  # d came back after the failure at 5.0
+    assert visible("a", st, heard, 5.0, up_since) == {"a", "b"}
+    assert visible("a", {}, {}, 0.0) == {"a"}

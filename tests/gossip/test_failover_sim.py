@@ -1,0 +1,139 @@
+"""Failover decisions driven by real membership and replication in the gossip simulator.
+
+Each simulated node runs a `FailoverState` every 50 ms of virtual time, fed from its own
+`Membership` records, its replica of the ownership document and the durable vectors its
+`Replicator` heard; due claims are written into its ownership document and spread like
+any update. Everything is seeded; bounds are in virtual time only.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from crdt_types.ownership import OwnershipTable
+from gossip.events import TakeoverPlanned, WorkloadFenced
+from gossip.failover import FailoverPolicy, FailoverState, member_views
+from gossip.simulator import Simulator
+
+OWNERSHIP = "ownership"
+PERIOD = 0.05
+
+
+class Mesh:
+    """A simulator plus one failover state machine and ownership table view per node."""
+
+    def __init__(self, seed: int, n: int) -> None:
+        self.sim = Simulator(seed, wire=False)
+        self.ids = [f"n{i}" for i in range(n)]
+        for node in self.ids:
+            self.sim.add_node(node)
+        self.tables = {
+            node: OwnershipTable(self.sim.replicas[node].doc(OWNERSHIP)) for node in self.ids
+        }
+        policy = FailoverPolicy(stagger=0.25, catchup_timeout=2.0)
+        self.states = {node: FailoverState(node, policy, settle=1.0) for node in self.ids}
+        self.claims_made: list[tuple[float, str, str, int]] = []
+        self.events: list[tuple[float, str, object]] = []
+        # What the runtime's transport knows: when each node last received from each peer.
+        self.heard: dict[str, dict[str, float]] = {node: {} for node in self.ids}
+        self.sim.on_deliver = self._delivered
+
+    def _delivered(self, now: float, src: str, dst: str, size: int) -> None:
+        self.heard[dst][src] = now
+
+    def start(self) -> None:
+        self.sim.start(self.ids[0])
+        for node in self.ids[1:]:
+            self.sim.start(node, seeds=[self.ids[0]])
+        self.sim.at(PERIOD, self._drive)
+
+    def claim(self, node: str, workload: str, owner: str, epoch: int) -> None:
+        doc = self.sim.replicas[node].doc(OWNERSHIP)
+        before = doc.get_state()
+        self.tables[node].claim(workload, owner, epoch)
+        live = self.sim.nodes[node]
+        self.sim._handle(node, live.local_update(self.sim.now, OWNERSHIP, doc.get_update(before)))
+
+    def _drive(self) -> None:
+        sim = self.sim
+        for node in sim.up_nodes():
+            live = sim.nodes[node]
+            records = live.membership.members.values()
+            members = member_views(records, ready=lambda _n: True, heard=self.heard[node])
+
+            def durable(who, workload, node=node, live=live):
+                if who == node:
+                    return sim.replicas[node].durable_state_vector(workload)
+                return live.replicator.peer_durable(who, workload)
+
+            decision = self.states[node].step(sim.now, members, self.tables[node].claims(), durable)
+            self.events.extend((sim.now, node, ev) for ev in decision.events)
+            for t in decision.claims:
+                if self.tables[node].epoch_of(t.workload) < t.epoch:
+                    self.claim(node, t.workload, node, t.epoch)
+                    self.claims_made.append((sim.now, node, t.workload, t.epoch))
+        sim.at(sim.now + PERIOD, self._drive)
+
+    def owners(self, node: str) -> dict[str, tuple[str, int]]:
+        return {c.workload: (c.owner, c.epoch) for c in self.tables[node].claims()}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_killed_owner_is_replaced_once_by_a_caught_up_peer(seed):
+    mesh = Mesh(seed, 5)
+    sim = mesh.sim
+    sessions = [f"session/{i}" for i in range(6)]
+    mesh.start()
+    sim.run_until(0.5)
+    for w in sessions:
+        mesh.claim("n1", w, "n1", 1)
+    for i in range(20):
+        sim.at(1.0 + i * 0.1, lambda i=i: sim.write("n1", sessions[i % 6], f"k{i}", f"v{i}"))
+    sim.run_until(3.0)
+    sim.kill("n1")
+    sim.run_until(15.0)
+    survivors = [n for n in mesh.ids if n != "n1"]
+    final = mesh.owners(survivors[0])
+    assert all(mesh.owners(n) == final for n in survivors), seed
+    assert set(final) == set(sessions)
+    for w in sessions:
+        owner, epoch = final[w]
+        assert owner in survivors and epoch == 2, (seed, w, final[w])
+        made = [c for c in mesh.claims_made if c[2] == w]
+        # One claim per session: the staggered slots kept the others from colliding.
+        assert [(c[1], c[3]) for c in made] == [(owner, 2)], (seed, made)
+        assert 3.0 < made[0][0] < 3.0 + 5.0, (seed, made)  # virtual seconds after the kill
+    assert sim.converged(sessions), seed
+    planned = [e for _, _, e in mesh.events if isinstance(e, TakeoverPlanned)]
+    assert {e.workload for e in planned} == set(sessions)
+    assert not any(isinstance(e, WorkloadFenced) for _, _, e in mesh.events)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_partition_3_2_only_the_majority_takes_over_and_the_old_owner_is_fenced(seed):
+    mesh = Mesh(seed, 5)
+    sim = mesh.sim
+    mesh.start()
+    sim.run_until(0.5)
+    mine = {"session/a": "n0", "session/b": "n0", "session/d": "n3", "session/e": "n3"}
+    for w, owner in mine.items():
+        mesh.claim(owner, w, owner, 1)
+    sim.run_until(3.0)
+    majority, minority = ["n0", "n1", "n2"], ["n3", "n4"]
+    sim.partition(3.0, 12.0, [majority, minority])
+    sim.run_until(11.9)
+    # During the partition: the 3 side took n3's sessions, the 2 side took nothing.
+    assert {c[1] for c in mesh.claims_made} <= set(majority), (seed, mesh.claims_made)
+    for w in ("session/d", "session/e"):
+        owner, epoch = mesh.owners("n0")[w]
+        assert owner in majority and epoch == 2, (seed, w, owner, epoch)
+        assert mesh.owners("n3")[w] == ("n3", 1)  # the minority still believes it
+    assert mesh.owners("n3")["session/a"] == ("n0", 1)
+    sim.run_until(25.0)
+    final = mesh.owners("n0")
+    assert all(mesh.owners(n) == final for n in mesh.ids), seed
+    assert final["session/a"] == ("n0", 1) and final["session/b"] == ("n0", 1)
+    fenced = [(node, e.workload) for _, node, e in mesh.events if isinstance(e, WorkloadFenced)]
+    assert sorted(fenced) == [("n3", "session/d"), ("n3", "session/e")], seed
+    assert mesh.states["n3"].is_fenced("session/d") and mesh.states["n3"].owned == {}
+    assert {c[1] for c in mesh.claims_made} <= set(majority), seed
