@@ -12,6 +12,8 @@ Layout of `DATA_DIR/statemesh.sqlite3` (WAL mode, `synchronous=FULL`):
   batch instead of per update).
 * `checkpoints(doc_id, upto_seq, data, checksum)`: the full state of a document up to and
   including `upto_seq`.
+* `heads(doc_id, last_seq)`: the highest sequence number acknowledged per document, written
+  in the same transaction as the records, so a log whose tail went missing is noticed.
 * `meta(key, value)`: format version and node name; `client_ids(client_id, doc_id)`: every
   pycrdt client id this node ever handed out, so none is handed out twice.
 
@@ -96,6 +98,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (doc_id, upto_seq)
 );
 CREATE TABLE IF NOT EXISTS client_ids (client_id INTEGER PRIMARY KEY, doc_id TEXT);
+CREATE TABLE IF NOT EXISTS heads (doc_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 """
 
 
@@ -221,6 +224,7 @@ class Store:
                 self._next_seq[doc_id] = _as_int(last, 0) + 1
             for doc_id, upto in conn.execute(
                 "SELECT doc_id, MAX(upto_seq) FROM checkpoints GROUP BY doc_id"
+                " UNION ALL SELECT doc_id, last_seq FROM heads"
             ):
                 self._next_seq[doc_id] = max(self._next_seq.get(doc_id, 1), _as_int(upto, 0) + 1)
 
@@ -413,6 +417,12 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?)",
                 prep.rows,
             )
+            heads = {doc_id: last for doc_id, _, last, _, _ in prep.rows}
+            conn.executemany(
+                "INSERT INTO heads (doc_id, last_seq) VALUES (?, ?)"
+                " ON CONFLICT (doc_id) DO UPDATE SET last_seq = excluded.last_seq",
+                heads.items(),
+            )
         # Only a committed transaction moves the counters: a failed one reuses its numbers.
         for doc_id, _, last, _, _ in prep.rows:
             self._next_seq[doc_id] = last + 1
@@ -472,7 +482,8 @@ class Store:
         """Ids of every document with a record or a checkpoint, sorted."""
         with self._locked("listing documents") as conn:
             rows = conn.execute(
-                "SELECT doc_id FROM log UNION SELECT doc_id FROM checkpoints ORDER BY 1"
+                "SELECT doc_id FROM log UNION SELECT doc_id FROM checkpoints"
+                " UNION SELECT doc_id FROM heads ORDER BY 1"
             ).fetchall()
         return [str(r[0]) for r in rows]
 
@@ -507,7 +518,13 @@ class Store:
 
     def load_all(self, *, salvage: bool = False) -> dict[str, pycrdt.Doc]:
         """Rebuild every stored document, each with a fresh client id."""
-        doc_ids = self.documents()
+        doc_ids = []
+        for doc_id in self.documents():
+            damaged = _damaged_id(doc_id)
+            if damaged is None:
+                doc_ids.append(doc_id)
+            elif not salvage:
+                raise damaged
         # One transaction records all the ids; documents are then rebuilt one at a time so
         # only one document's log is in memory at once.
         ids = self._new_client_ids([(doc_id, set()) for doc_id in doc_ids])
@@ -544,8 +561,8 @@ class Store:
             problems=plan.problems + ((str(err),) if err else ()),
         )
 
-    def _read(self, doc_id: str) -> tuple[list[tuple], list[tuple], int]:
-        """Checkpoint rows (newest first) and all log rows of a document, in one snapshot."""
+    def _read(self, doc_id: str) -> tuple[list[tuple], list[tuple], object]:
+        """Checkpoint rows (newest first), log rows and head of a document, in one snapshot."""
         with self._locked("reading document") as conn:
             conn.execute("BEGIN")
             try:
@@ -561,13 +578,16 @@ class Store:
                     " ORDER BY first_seq",
                     (doc_id,),
                 ).fetchall()
+                head = conn.execute(
+                    "SELECT last_seq FROM heads WHERE doc_id = ?", (doc_id,)
+                ).fetchone()
             finally:
                 conn.execute("COMMIT")
-        return ckpts, rows, self._next_seq.get(doc_id, 1) - 1
+        return ckpts, rows, None if head is None else head[0]
 
     def _plan(self, doc_id: str, *, salvage: bool, all_checkpoints: bool = False) -> _Plan:
         """Verify a document's checkpoints and log and pick what to apply."""
-        ckpts, rows, _ = self._read(doc_id)
+        ckpts, rows, head = self._read(doc_id)
         problems: list[str] = []
         base: tuple[int, bytes] | None = None
         for upto, data, checksum in ckpts:
@@ -630,6 +650,13 @@ class Store:
                 break
             updates.extend(batch)
             expected = last + 1
+        if error is None and isinstance(head, int) and head >= expected:
+            error = CorruptRecord(
+                doc_id,
+                expected,
+                f"record missing: the log ends at seq {expected - 1}"
+                f" but seq {head} was acknowledged",
+            )
         if error is not None:
             problems.append(str(error))
             if not salvage:
@@ -687,6 +714,10 @@ class Store:
             return Report(documents=(), errors=(*errors, str(exc)))
         reports = []
         for doc_id in doc_ids:
+            damaged = _damaged_id(doc_id)
+            if damaged is not None:
+                reports.append(DocumentReport(doc_id, 0, 0, 0, None, str(damaged)))
+                continue
             info = self.info(doc_id)
             fp: str | None = None
             error: str | None = None
@@ -826,6 +857,16 @@ def _check_update(update: object, *, decode: bool = True) -> None:
 
 
 _EMPTY_UPDATE = b"\x00\x00"
+
+
+def _damaged_id(doc_id: str) -> CorruptRecord | None:
+    """A stored document id that is not valid UTF-8 can only be damage (ids are checked on
+    the way in), and SQLite cannot even be asked about it."""
+    try:
+        doc_id.encode()
+    except UnicodeEncodeError:
+        return CorruptRecord(doc_id, None, "document id is damaged (not valid UTF-8)")
+    return None
 
 
 def _check_record(

@@ -419,3 +419,38 @@ def test_one_writer_per_data_directory(tmp_path: Path) -> None:
             assert reader.last_seq("session/a") == 2
     with Store.open(tmp_path) as again:  # released on close
         assert again.last_seq("session/a") == 2
+
+
+def test_damaged_document_id_is_reported(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 3)
+        fill(store, "session/b", 2)
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        # What a flipped bit in a stored id can leave behind: bytes that are not UTF-8.
+        conn.execute(
+            "UPDATE log SET doc_id = CAST(x'73657373696f6e2fff' AS TEXT)"
+            " WHERE doc_id = 'session/b' AND first_seq = 2"
+        )
+    with Store.open(tmp_path) as store:
+        with pytest.raises(CorruptRecord, match="not valid UTF-8"):
+            store.load_all()
+        docs = store.load_all(salvage=True)
+        assert set(docs) == {"session/a", "session/b"}
+        report = store.verify()
+        assert not report.ok
+        errors = [d.error for d in report.documents if d.error]
+        assert any("not valid UTF-8" in e for e in errors)
+        assert any("session/b" in e and "record 2" in e for e in errors)  # now missing
+
+
+def test_missing_tail_record_is_detected(tmp_path: Path) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 4, w)
+    _tamper(tmp_path, "DELETE FROM log WHERE doc_id = 'session/a' AND first_seq = 4")
+    with Store.open(tmp_path) as store:
+        with pytest.raises(CorruptRecord, match="log ends at seq 3 but seq 4") as info:
+            store.load("session/a")
+        assert info.value.seq == 4
+        # The acknowledged high-water mark also keeps seq 4 from being handed out again.
+        assert store.append("session/a", w.set("next", 1)) == 5
