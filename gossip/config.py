@@ -50,7 +50,7 @@ class GossipConfig:
     retransmit_mult: int = 4  # each rumour is sent retransmit_mult * ceil(log10(N + 1)) times
     max_piggyback: int = 8  # membership rumours piggybacked per envelope
     push_pull_interval: float = 5.0  # full membership exchange with one random member
-    reconnect_interval: float = 2.0  # push-pull with one random dead member (heals partitions)
+    reconnect_interval: float = 0.5  # ping one random dead member; push-pull if it answers
     reap_after: float = 60.0  # forget dead and left members after this long
     leave_fanout: int = 6  # members told directly when we leave gracefully
 

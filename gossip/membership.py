@@ -224,6 +224,7 @@ class Membership:
         self._probe_index = 0
         self._probe: _Probe | None = None
         self._forwards: dict[int, _Forward] = {}
+        self._reconnects: dict[int, str] = {}  # ping seq -> dead member we are checking on
         self._seq = 0
         self.awareness = 0
         self.leaving = False
@@ -520,6 +521,12 @@ class Membership:
         f = self._forwards.pop(seq, None)
         if f is not None:
             self._outbox.append((f.requester, Ack(f.seq)))
+            return
+        node = self._reconnects.pop(seq, None)
+        m = self.members.get(node) if node is not None else None
+        if m is not None and m.state == DEAD:
+            # The other side of a healed partition: merge views; it refutes its death.
+            self._send_sync(m.address, reply=True)
 
     def _on_ping_req(self, now: float, sender_address: str, msg: PingReq) -> None:
         if msg.target == self.node_id:
@@ -550,14 +557,19 @@ class Membership:
         self._outbox.append((address, MembershipSync(members, reply)))
 
     def _reconnect(self) -> None:
-        """Push-pull with a random dead member, or re-join via seeds when alone."""
+        """Ping a random dead member (push-pull follows if it answers); re-join when alone."""
         if not self._live.items and self._seeds:
             self._join()
         dead = [n for n in self._down if self.members[n].state == DEAD]
         if dead:
+            # A ping, not a full sync: a member that is really dead costs one small frame.
             dead.sort()
             node = dead[self._rng.randrange(len(dead))]
-            self._send_sync(self.members[node].address, reply=True)
+            seq = self._next_seq()
+            self._reconnects[seq] = node
+            while len(self._reconnects) > 16:
+                del self._reconnects[next(iter(self._reconnects))]
+            self._outbox.append((self.members[node].address, Ping(seq, node)))
 
     # --- applying rumours ------------------------------------------------------------
 

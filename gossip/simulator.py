@@ -382,6 +382,12 @@ class _SimReplica:
                     self._docs[doc_id] = pycrdt.Doc(client_id=ids.randrange(1, 2**31))
                 return super().doc(doc_id)
 
+            def apply(self, doc_id: str, update: bytes) -> bool:
+                # A document first seen from a peer may be written here later.
+                if isinstance(doc_id, str) and doc_id and not self.has(doc_id):
+                    self._docs[doc_id] = pycrdt.Doc(client_id=ids.randrange(1, 2**31))
+                return super().apply(doc_id, update)
+
         return Replica()
 
 

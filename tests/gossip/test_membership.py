@@ -196,7 +196,7 @@ def test_ack_to_a_probe_keeps_the_member_alive_and_health_good():
 
 
 def test_lha_raises_probe_interval_after_missed_nacks():
-    cfg = lan()
+    cfg = lan().with_(reconnect_interval=100.0)  # only probes ping here
     m = make("a", "bcdef", cfg)
     sent = run(m, 0.0, 0.25)
     pings = [t for t, a, msg in sent if isinstance(msg, Ping)]
