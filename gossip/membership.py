@@ -218,6 +218,7 @@ class Membership:
         self._live = _LiveSet()  # alive or suspect members other than us
         self._down: set[str] = set()  # dead or left members, for reaping and reconnecting
         self._suspicions: dict[str, _Suspicion] = {}
+        self._suspect_at: dict[str, str] = {}  # address -> suspected member living there
         self._broadcasts: dict[str, list] = {}  # node -> [MemberUpdate, times sent, order]
         self._bcast_order = 0
         self._probe_order: list[str] = []
@@ -275,6 +276,22 @@ class Membership:
         """When our suspicion of `node` turns into dead, or None if we do not suspect it."""
         s = self._suspicions.get(node)
         return s.deadline if s is not None else None
+
+    def accusation_for(self, address: str) -> MemberUpdate | None:
+        """Our suspicion of the member at `address`, to piggyback on whatever we send it.
+
+        Lifeguard's buddy system: a suspected member learns it from the very frames it
+        receives from its accuser, so a live one refutes before the timeout whatever the
+        state of the gossip queues.
+        """
+        node = self._suspect_at.get(address)
+        if node is None:
+            return None
+        m = self.members.get(node)
+        if m is None or m.state != SUSPECT or m.address != address:
+            self._suspect_at.pop(address, None)
+            return None
+        return m.update()
 
     def pending_broadcasts(self) -> int:
         """Membership rumours still waiting to be piggybacked."""
@@ -670,6 +687,7 @@ class Membership:
         k = self.config.suspicion_confirmations
         if n - 2 < k:
             k = 0
+        self._suspect_at[m.address] = m.node
         self._suspicions[m.node] = _Suspicion(
             now, origin, k, self.config.suspicion_min(n), self.config.suspicion_max(n)
         )

@@ -198,6 +198,9 @@ class Node:
         for address, msgs in batches.items():
             if address == self.address:
                 continue
+            accusation = m.accusation_for(address)
+            if accusation is not None and accusation not in msgs:
+                msgs.append(accusation)
             room = limit - sum(1 for x in msgs if isinstance(x, MemberUpdate))
             if not any(isinstance(x, MembershipSync) for x in msgs):
                 msgs.extend(m.piggyback(room))
