@@ -182,7 +182,7 @@ def test_sigkill_then_restart_from_the_data_dir_rejoins_with_state(tmp_path, pee
         "    async with open_mesh(cfg) as m:\n"
         "        s = await m.session('kept')\n"
         "        s.state.append_message('user', 'survives a SIGKILL')\n"
-        "        print(await s.commit(replicas=1, timeout=10), s.fingerprint())\n"
+        "        print(await s.commit(replicas=2, timeout=10), s.fingerprint())\n"
         "trio.run(main)\n"
     )
     b = peers(*args("b", "--join", a.ready["address"]))
@@ -193,7 +193,7 @@ def test_sigkill_then_restart_from_the_data_dir_rejoins_with_state(tmp_path, pee
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     fingerprint = out.stdout.split()[-1]
-    assert "'b'" in out.stdout
+    assert "['a', 'b']" in out.stdout
     b.stop_hard()
     wait_for(lambda: a.states().get("b") == "dead")
     b2 = peers(*args("b", "--join", a.ready["address"]))
