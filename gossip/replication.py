@@ -24,8 +24,9 @@ state vector: if ours does not cover it after applying, and still does not after
 Replica acknowledgements: a peer that sent us an update for a document (and the update's
 origin) is owed a `ReplicaAck` with our *durable* state vector once the runtime reports it
 durable (`on_durable`, which answers at once; what arrived already durable is acked on the
-next tick, batched: one `ReplicaAck` per peer for all documents). Acks received, and durable vectors seen during anti-entropy, are
-tracked per peer and raised as `ReplicaAcked` when they change.
+next tick, batched: one `ReplicaAck` per peer for all documents). Acks received, and
+durable vectors seen during anti-entropy, are tracked per peer and raised as
+`ReplicaAcked` when they change.
 
 Invariants: no I/O, no clock, no global randomness (`now` and a seeded `random.Random`
 are passed in); every buffer and table is bounded; input from peers that does not make
@@ -57,7 +58,6 @@ FRAME_HEADROOM = 64 * 1024
 # What a chunk's message adds to its data: document id (at most 4 KiB on the wire), ints.
 MESSAGE_OVERHEAD = 4096 + 64
 MAX_CONFIG_BUCKETS = 16384  # 16384 hashes of 16 bytes: 256 KiB in one DigestBuckets
-_MAX_ID = (1 << 63) - 1
 
 Send = tuple[str, object]
 
@@ -94,6 +94,7 @@ class ReplicationConfig:
 
     fanout: int = 3  # peers each rumour is pushed to per round
     retransmit_mult: int = 3  # rounds per rumour = mult * ceil(log10(N + 1))
+    rumour_feedback: bool = True  # a duplicate received costs the rumour one round
     anti_entropy_interval: float = 0.5  # seconds between exchanges we start (0: every tick)
     session_timeout: float = 5.0  # an exchange we started is forgotten after this
     max_sessions: int = 32
@@ -117,8 +118,14 @@ class ReplicationConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise LocalError(f"ReplicationConfig.{f.name} must be a number, not {value!r}")
+            if isinstance(f.default, bool):
+                if not isinstance(value, bool):
+                    raise LocalError(f"ReplicationConfig.{f.name} must be a bool, not {value!r}")
+                continue
+            # Counts must be ints; durations may be ints or floats. bool is not a number here.
+            kind = int if isinstance(f.default, int) else int | float
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise LocalError(f"ReplicationConfig.{f.name} must be {f.type}, not {value!r}")
             if value < 0 or (value == 0 and f.name not in _MAY_BE_ZERO):
                 raise LocalError(f"ReplicationConfig.{f.name} must be positive, not {value!r}")
         if not 1 <= self.buckets <= MAX_CONFIG_BUCKETS:
@@ -495,6 +502,13 @@ class Replicator:
         key = _update_key(msg.doc_id, msg.update)
         if key in self._seen:
             self.stats.duplicates += 1
+            rumour = self._rumours.get(key)
+            if rumour is not None and self.config.rumour_feedback:
+                # Demers' "feedback" rumour mongering: hearing a rumour back means many
+                # peers know it already, so lose interest faster.
+                rumour.rounds_left -= 1
+                if rumour.rounds_left <= 0:
+                    del self._rumours[key]
             if sender == origin:
                 # The writer retransmits: our earlier ack may have been lost.
                 self._want_ack(msg.doc_id, (sender,))

@@ -731,6 +731,9 @@ def test_bucket_count_mismatch_is_malformed():
         {"anti_entropy_interval": -1.0},
         {"max_transfers": "3"},
         {"fanout": True},
+        {"fanout": 2.5},
+        {"max_send_bytes": MAX_FRAME_BYTES},
+        {"chunk_bytes": 600_000, "max_send_bytes": 500_000},
     ],
 )
 def test_bad_config_is_a_local_error(kwargs):
@@ -822,3 +825,17 @@ def test_already_durable_updates_are_acked_once_per_peer_on_the_next_tick():
         (f"d{i}", b.state_vector(f"d{i}")) for i in range(5)
     ]
     assert rb.tick(0.4, ["a"]) == []
+
+
+@pytest.mark.parametrize("feedback", [True, False])
+def test_hearing_a_rumour_back_makes_it_stop_sooner(feedback):
+    cfg = ReplicationConfig(retransmit_mult=2, rumour_feedback=feedback)
+    a = MemoryReplica()
+    rb = Replicator("b", MemoryReplica(), random.Random(56), cfg)
+    rb.set_peers([f"p{i}" for i in range(20)])  # N=21: 2 * ceil(log10(22)) = 4 rounds
+    msg = m.DocUpdate("d", write(a, "d", _hello), "a", a.state_vector("d"))
+    rb.receive(0.0, "a", msg)
+    assert rb.pending_rumours == 1
+    for i in range(4):
+        rb.receive(0.0, f"p{i}", msg)
+    assert rb.pending_rumours == (0 if feedback else 1)
