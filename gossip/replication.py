@@ -383,6 +383,19 @@ class Replicator:
         self._flush_acks(sends)
         return self._shape(now, sends)
 
+    def pull(self, now: float, peer: str, doc_ids: Iterable[str]) -> tuple[int, list[Send]]:
+        """Start a targeted exchange of `doc_ids` with `peer` (both sides send what the other lacks).
+
+        Returns the exchange's session id (the peer's `DocVectors` reply carries it, so
+        the caller can tell when the answer arrived) and the messages to send.
+        """
+        session = self._new_session(now, peer)
+        entries = tuple(
+            self._entry(d) if d in self._tree else (d, EMPTY_STATE_VECTOR, b"", EMPTY_STATE_VECTOR)
+            for d in sorted(set(doc_ids))
+        )
+        return session, self._shape(now, [(peer, DocVectors(session, (), entries, True))])
+
     def peer_durable(self, node: str, doc_id: str) -> bytes | None:
         """The last durable state vector `node` reported for `doc_id`, if any."""
         return self._peer_durable.get(node, {}).get(doc_id)
