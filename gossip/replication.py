@@ -387,7 +387,8 @@ class Replicator:
         """Start a targeted exchange of `doc_ids` with `peer` (both sides send what the other lacks).
 
         Returns the exchange's session id (the peer's `DocVectors` reply carries it, so
-        the caller can tell when the answer arrived) and the messages to send.
+        the caller can tell when the answer arrived: the peer sends it after its diffs)
+        and the messages to send.
         """
         session = self._new_session(now, peer)
         entries = tuple(
@@ -664,8 +665,6 @@ class Replicator:
             diffs.append((doc_id, their_sv))
             if other is not None:
                 self._expect_cover(now, sender, doc_id, other[0])
-        if msg.reply:
-            sends.append((sender, DocVectors(msg.session, msg.bucket_ids, tuple(ours), False)))
         for doc_id, their_sv in diffs:
             try:
                 data = self.replica.diff(doc_id, their_sv)
@@ -675,6 +674,10 @@ class Replicator:
                 continue
             if data != EMPTY_UPDATE:
                 self._send_diff(sends, sender, doc_id, data)
+        if msg.reply:
+            # After the diffs (the outbox keeps per-peer order): over an ordered stream,
+            # when the requester sees this reply it has everything we sent it.
+            sends.append((sender, DocVectors(msg.session, msg.bucket_ids, tuple(ours), False)))
 
     # -- chunked diffs ----------------------------------------------------------------------
 

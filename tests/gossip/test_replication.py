@@ -839,3 +839,26 @@ def test_hearing_a_rumour_back_makes_it_stop_sooner(feedback):
     for i in range(4):
         rb.receive(0.0, f"p{i}", msg)
     assert rb.pending_rumours == (0 if feedback else 1)
+
+
+def test_pull_exchanges_only_the_named_documents_both_ways_reply_last():
+    a, b = MemoryReplica(), MemoryReplica()
+    shared = write(b, "shared", _hello)
+    a.apply("shared", shared)
+    write(a, "shared", lambda d: text(d).insert(0, ">"))  # a is ahead on "shared"
+    write(b, "wanted", _hello)  # only b has it
+    write(b, "other", _hello)  # not asked for
+    ra = Replicator("a", a, random.Random(57), FAST)
+    rb = Replicator("b", b, random.Random(58), FAST)
+    session, sends = ra.pull(0.0, "b", ["wanted", "shared"])
+    ((dest, request),) = sends
+    assert dest == "b" and request.session == session and request.bucket_ids == ()
+    replies, _ = rb.receive(0.0, "a", request)
+    assert isinstance(replies[-1][1], m.DocVectors) and replies[-1][1].session == session
+    assert all(isinstance(x, m.DocDiff) for _, x in replies[:-1])
+    for _, msg in replies:
+        for _, back in ra.receive(0.0, "b", msg)[0]:
+            rb.receive(0.0, "a", back)
+    assert content(a, "wanted") == content(b, "wanted")
+    assert content(b, "shared") == content(a, "shared") == (">hello", [])
+    assert not a.has("other")
