@@ -340,32 +340,36 @@ def test_peer_with_wrong_key_or_other_cluster_is_refused_and_learns_nothing(clus
             cluster.kill(i, signal.SIGTERM)
 
 
-def _figures() -> dict[str, float]:
+def _figures(peers: int = PEERS) -> dict[str, float]:
     """Startup-to-full-membership, SIGKILL-to-dead, replication latency (median of 100)."""
     import statistics
     import tempfile
 
     cleanup_stale()
-    with HostNetwork(PEERS) as net, tempfile.TemporaryDirectory() as tmp:
+    with HostNetwork(peers) as net, tempfile.TemporaryDirectory() as tmp:
         c = Cluster(net, Path(tmp))
         # All peers launched together, as an operator starting a fleet would.
         t0 = time.monotonic()
-        for i in range(PEERS):
+        for i in range(peers):
             c.launch(i)
-        ready = max(c.await_ready(i) and time.monotonic() - t0 for i in range(PEERS))
-        c.wait_for("membership", c.all_alive, 30, every=0.02)
+        ready = max(c.await_ready(i) and time.monotonic() - t0 for i in range(peers))
+        c.wait_for("membership", lambda: c.all_alive(range(peers)), 30, every=0.02)
         startup = time.monotonic() - t0
-        w = c.write(0, "latency", messages=1, replicas="all", expect=PEERS, latency=100)
+        w = c.write(0, "latency", messages=1, replicas="all", expect=peers, latency=100)
         samples = w["samples"]
         t0 = time.monotonic()
-        c.kill(2)
+        victim = peers - 1
+        c.kill(victim)
         c.wait_for(
-            "dead", lambda: all(c.states(i).get("p2") == "dead" for i in (0, 1)), 30, every=0.02
+            "dead",
+            lambda: all(c.states(i).get(f"p{victim}") == "dead" for i in range(victim)),
+            30,
+            every=0.02,
         )
         dead = time.monotonic() - t0
         c.stop_all()
     return {
-        "peers": PEERS,
+        "peers": peers,
         "start_to_ready_s": round(ready, 3),
         "start_to_all_members_s": round(startup, 3),
         "sigkill_to_dead_everywhere_s": round(dead, 3),
@@ -375,4 +379,4 @@ def _figures() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_figures(), indent=2))
+    print(json.dumps(_figures(int(sys.argv[1]) if len(sys.argv) > 1 else PEERS), indent=2))
