@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         "bytes_total": ours["bytes"],
         "baseline_converge_ms": base["converge_ms"],
         "baseline_bytes_total": base["bytes"],
-        "bytes_ratio_vs_baseline": round(ours["bytes"] / base["bytes"], 4),
+        "bytes_ratio_vs_baseline": float(f"{ours['bytes'] / base['bytes']:.4g}"),
         "writes": args.writes,
         "sessions": args.sessions,
         "history_messages": args.history,

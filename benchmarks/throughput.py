@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
         "levels": levels,
         "raw_write_ops_per_s": round(raw_write, 1),
         "raw_apply_ops_per_s": round(raw_apply, 1),
-        "ratio_replicated_vs_raw": round(replicated / raw_write, 4),
+        "ratio_replicated_vs_raw": float(f"{replicated / raw_write:.4g}"),
         "writers": args.writers,
         "ops_per_level": args.ops // args.writers * args.writers,
         "peers": 3,

@@ -1,0 +1,64 @@
+"""`statemesh bench throughput` at tiny sizes: three real sealed peers on loopback.
+
+No timing assertions: rates are whatever the machine gives; what is checked is that every
+level committed every write, the JSON has its fields with sane types, the ratio is what
+it says, the scratch data is removed and the plot is a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+
+pytestmark = pytest.mark.timeout(120)
+
+TINY = ["--ops", "60", "--writers", "6", "--raw-ops", "600", "--timeout", "30"]
+
+
+def test_throughput_commits_at_every_level_and_reports_raw_rates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "tp.png"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    argv = ["bench", "throughput", *TINY, "--dir", str(scratch), "--plot", str(plot), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["levels"]) == {"local", "replicas=1", "all"}
+    for level, figures in result["levels"].items():
+        for field in ("ops_per_s", "p50_ms", "p99_ms"):
+            assert isinstance(figures[field], float) and figures[field] > 0, (level, field)
+        assert figures["p99_ms"] >= figures["p50_ms"], level
+    for field in ("raw_write_ops_per_s", "raw_apply_ops_per_s", "ratio_replicated_vs_raw"):
+        assert isinstance(result[field], float) and result[field] > 0, field
+    assert result["ratio_replicated_vs_raw"] == pytest.approx(
+        result["levels"]["replicas=1"]["ops_per_s"] / result["raw_write_ops_per_s"], rel=0.02
+    )
+    assert result["writers"] == 6 and result["ops_per_level"] == 60
+    assert result["sealed"] is True and result["peers"] == 3
+    assert list(scratch.iterdir()) == []  # every node's data directory removed
+    data = plot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ops", "0"], "--ops must be at least 1"),
+        (["--writers", "0"], "--writers must be at least 1"),
+        (["--raw-ops", "0"], "--raw-ops must be at least 1"),
+        (["--timeout", "0"], "--timeout must be positive"),
+        (["--dir", "/nonexistent-dir"], "is not a directory"),
+        (["--plot", "tp"], "must end in .png"),
+    ],
+)
+def test_throughput_bad_flags_exit_2_before_starting_peers(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "throughput", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
