@@ -12,6 +12,8 @@ import random
 
 import pycrdt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crdt_types.errors import LocalError
 from crdt_types.fingerprint import fingerprint
@@ -862,3 +864,59 @@ def test_pull_exchanges_only_the_named_documents_both_ways_reply_last():
     assert content(a, "wanted") == content(b, "wanted")
     assert content(b, "shared") == content(a, "shared") == (">hello", [])
     assert not a.has("other")
+
+
+def test_reply_after_the_session_expired_is_unsolicited():
+    replica = MemoryReplica()
+    write(replica, "d", _hello)
+    ra = Replicator("a", replica, random.Random(63), FAST)
+    ((_, digest),) = ra.tick(0.0, ["b"])
+    ra.tick(ra.config.session_timeout + 1.0, [])  # no peers: only housekeeping
+    sends, _ = ra.receive(10.0, "b", m.DigestBuckets(digest.session, (b"\x00" * 16,) * 256, True))
+    assert sends == [] and ra.stats.unsolicited == 1
+
+
+# --- hostile input never crashes ----------------------------------------------------------
+
+_ids = st.sampled_from(["d", "e", "session/x", ""])
+_blobs = st.one_of(st.binary(max_size=40), st.sampled_from([b"\x00", b"\x00\x00", b"\x01\x05\x02"]))
+_hostile = st.one_of(
+    st.builds(m.DocUpdate, _ids, _blobs, st.sampled_from(["", "a", "z"]), _blobs),
+    st.builds(
+        m.DocDiff,
+        _ids,
+        st.integers(0, 3),
+        st.integers(-1, 5),
+        st.integers(-1, 5),
+        _blobs,
+    ),
+    st.builds(m.Digest, st.integers(0, 3), _blobs, st.integers(0, 5)),
+    st.builds(
+        m.DigestBuckets, st.integers(0, 3), st.lists(_blobs, max_size=5).map(tuple), st.booleans()
+    ),
+    st.builds(
+        m.DocVectors,
+        st.integers(0, 3),
+        st.lists(st.integers(-2, 300), max_size=3).map(tuple),
+        st.lists(st.tuples(_ids, _blobs, _blobs, _blobs), max_size=3).map(tuple),
+        st.booleans(),
+    ),
+    st.builds(m.ReplicaAck, st.lists(st.tuples(_ids, _blobs), max_size=3).map(tuple)),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(["a", "c"]), _hostile), max_size=25))
+def test_hostile_message_sequences_never_crash_and_stay_bounded(batch):
+    cfg = ReplicationConfig(max_transfers=2, max_buffered_bytes=64, anti_entropy_interval=0.0)
+    replica = MemoryReplica()
+    write(replica, "d", _hello)
+    node = Replicator("b", replica, random.Random(64), cfg)
+    good = content(replica, "d")
+    for i, (sender, msg) in enumerate(batch):
+        sends, _ = node.receive(float(i), sender, msg)
+        assert all(dest in ("a", "c") for dest, _ in sends)
+        assert node.buffered_bytes <= 64 and len(node._transfers) <= 2
+        node.tick(float(i) + 0.5, ["a", "c"])
+    # Whatever arrived, what we had is still there (updates only add; garbage adds nothing).
+    assert good[0] in content(replica, "d")[0]
