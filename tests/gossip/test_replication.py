@@ -339,6 +339,19 @@ def test_without_anti_entropy_the_partition_scenario_does_not_converge():
     assert not net.converged()
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_thirty_nodes_converge_within_two_log2_n_rounds_of_the_last_write(seed):
+    rng = random.Random(seed)
+    net = Net(30, seed, loss=0.1, dup=0.05)
+    for step in range(40):
+        net.local(rng.choice(net.ids), rng.choice("abc"), lambda d: random_edit(rng, d))
+        if step % 4 == 0:
+            net.round()
+    rounds = net.run_until_converged(max_rounds=60)
+    assert rounds <= 2 * math.log2(30), f"seed {seed}: {rounds} rounds"
+    net.assert_same_content()
+
+
 def test_lost_pure_delete_is_healed_by_anti_entropy():
     net = Net(3, seed=21)
     net.local("n0", "d", _hello)
