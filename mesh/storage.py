@@ -786,7 +786,7 @@ def _apply(
             # below 0.15; without these internals, fall back to merging small groups,
             # the fastest public path.
             raw_apply = getattr(getattr(doc, "_doc", None), "apply_update", None)
-            raw_txn = getattr(txn, "_txn", None)
+            raw_txn = getattr(txn, "_txn", None) if _FAST_REPLAY else None
             if raw_apply is not None and raw_txn is not None:
                 for update in updates:
                     raw_apply(raw_txn, update)
@@ -804,6 +804,7 @@ def _apply(
 
 
 _MERGE = 64
+_FAST_REPLAY = True  # tests turn it off to exercise the public fallback
 
 
 def _state_vector_clients(sv: bytes) -> set[int]:

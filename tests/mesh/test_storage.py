@@ -454,3 +454,21 @@ def test_missing_tail_record_is_detected(tmp_path: Path) -> None:
         assert info.value.seq == 4
         # The acknowledged high-water mark also keeps seq 4 from being handed out again.
         assert store.append("session/a", w.set("next", 1)) == 5
+
+
+def test_replay_without_pycrdt_internals_gives_the_same_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        for start in range(0, 300, 100):
+            store.append_many(
+                [("session/a", w.set(f"k{i % 13}", i)) for i in range(start, start + 100)]
+            )
+        store.checkpoint("session/a")
+        fill(store, "session/a", 70, w)
+        fast = store.load("session/a")
+        monkeypatch.setattr(storage, "_FAST_REPLAY", False)
+        slow = store.load("session/a")
+    assert memory_of(fast) == memory_of(slow) == memory_of(w.doc)
+    assert fingerprint_hex(fast) == fingerprint_hex(slow) == fingerprint_hex(w.doc)
