@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="rounds until the partition heals (default 30)",
     )
     p.add_argument("--kill", type=int, default=0, metavar="K", help="nodes killed (SIGKILL)")
-    p.add_argument("--writes", type=int, default=None, help="writes (default 20..200 by N)")
+    p.add_argument(
+        "--writes", type=int, default=None, help="writes on random live nodes (default 20)"
+    )
     p.add_argument("--docs", type=int, default=8, help="documents written to (default 8)")
     p.add_argument("--bootstrap", choices=("static", "join"), default="static")
     p.add_argument(

@@ -201,9 +201,16 @@ class Node:
             accusation = m.accusation_for(address)
             if accusation is not None and accusation not in msgs:
                 msgs.append(accusation)
-            room = limit - sum(1 for x in msgs if isinstance(x, MemberUpdate))
-            if not any(isinstance(x, MembershipSync) for x in msgs):
-                msgs.extend(m.piggyback(room))
+            rumours = 0
+            full_sync = False
+            for x in msgs:
+                kind = type(x)
+                if kind is MemberUpdate:
+                    rumours += 1
+                elif kind is MembershipSync:
+                    full_sync = True  # already carries every member: no piggyback needed
+            if not full_sync:
+                msgs.extend(m.piggyback(limit - rumours))
             if msgs:
                 out.append(
                     (address, Envelope(self.node_id, me.address, me.incarnation, tuple(msgs)))
