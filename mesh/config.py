@@ -77,6 +77,7 @@ class MeshConfig:
     transport: TransportConfig | None = None
     leave_timeout: float = 2.0  # how long a graceful leave may spend telling peers
     commit_timeout: float = 10.0  # default timeout of commit(replicas=...)
+    split_brain: str = "majority"  # or "availability" (see gossip.quorum)
     _keyring: Keyring | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +128,10 @@ class MeshConfig:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise LocalError(f"seed must be an int, got {self.seed!r}")
+        if self.split_brain not in ("majority", "availability"):
+            raise LocalError(
+                f"split_brain must be 'majority' or 'availability', got {self.split_brain!r}"
+            )
         if not isinstance(self.insecure, bool) or not isinstance(self.mdns, bool):
             raise LocalError("insecure and mdns must be bools")
         object.__setattr__(self, "_keyring", self._resolve_key())

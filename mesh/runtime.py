@@ -78,6 +78,7 @@ from gossip.node import Node, Output
 from gossip.replication import ReplicaAcked
 from gossip.seal import FrameCodec, Sealer
 from mesh.config import MeshConfig
+from mesh.failover import Failover
 from mesh.replica_store import CLIENT_ID_POOL, DurableReplica
 from mesh.storage import AsyncStore, Pending
 from mesh.transport import Transport, parse_address
@@ -232,6 +233,7 @@ class Mesh:
         self._pool_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.storage_error: StorageError | None = None
+        self.failover: Failover | None = None  # made by _start (mesh.failover)
 
     # --- public API ---------------------------------------------------------------------
 
@@ -255,7 +257,10 @@ class Mesh:
             doc = self.replica.doc(doc_id) or self.replica.create(doc_id, client_id)
         handle = self._sessions.get(session_id)
         if handle is None:
-            state = SessionState.new(session_id, doc)
+            if self.failover is not None:
+                state = self.failover.guarded_state(doc_id, session_id, doc)
+            else:
+                state = SessionState.new(session_id, doc)
             handle = self._sessions[session_id] = Session(self, session_id, state)
         return handle
 
@@ -423,15 +428,39 @@ class Mesh:
             "bad_frames": dict(self.codec.rejected),
             "frames_accepted": self.codec.accepted,
             "counters": dict(self.stats),
+            **({} if self.failover is None else self.failover.status()),
         }
 
     # --- ownership hook (the failover work fills these in) -----------------------------
 
     def _claim(self, doc_id: str) -> None:
-        """Called when a session is opened; will claim ownership. Does nothing yet."""
+        """Called when a session is opened: claim it if nobody owns it (mesh.failover)."""
+        if self.failover is not None:
+            self.failover.claim_on_open(doc_id)
 
     def _authorize_write(self, doc_id: str) -> None:
-        """Called before a commit; will raise NotOwner/Fenced for sessions not owned."""
+        """Called before a commit: raise NotOwner/Fenced for sessions not owned here."""
+        if self.failover is not None:
+            self.failover.authorize(doc_id)
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The node that owns session `session_id` now (any peer can answer), or None."""
+        self._check_open()
+        return None if self.failover is None else self.failover.owner_of(session_id)
+
+    def on_takeover(self, handler: Any) -> None:
+        """Call `await handler(session, pending_tool_calls)` when this node takes a session over."""
+        if not callable(handler):
+            raise LocalError("the takeover handler must be an async callable")
+        assert self.failover is not None
+        self.failover.takeover_handlers.append(handler)
+
+    def on_prewarm(self, handler: Any) -> None:
+        """Call `await handler(session_id, owner)` when this node becomes a session's standby."""
+        if not callable(handler):
+            raise LocalError("the prewarm handler must be an async callable")
+        assert self.failover is not None
+        self.failover.prewarm_handlers.append(handler)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -441,6 +470,9 @@ class Mesh:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        from gossip.failover import FailoverPolicy
+
+        self.failover = Failover(self, FailoverPolicy(split_brain=self.config.split_brain))
         # Client ids for documents peers create here are drawn in the background: start
         # must not wait for 32 fsyncs.
         self._pool_wake.set()
@@ -449,6 +481,7 @@ class Mesh:
         nursery.start_soon(self._pump_loop)
         nursery.start_soon(self._durable_loop)
         nursery.start_soon(self._pool_loop)
+        await nursery.start(self.failover.run)
         self._emit(self.node.start(trio.current_time(), self.config.seeds))
         if self.config.http is not None:
             from mesh.http import serve_http
@@ -466,6 +499,10 @@ class Mesh:
         with trio.move_on_after(self.config.leave_timeout):
             with contextlib.suppress(StatemeshError):
                 self._pump()
+            if self.failover is not None and not self.node.left:
+                # Hand sessions to their successors before announcing the departure.
+                with contextlib.suppress(StatemeshError):
+                    await self.failover.handoff()
             if not self.node.left:
                 self._emit(self.node.leave(trio.current_time()))
             with contextlib.suppress(StorageError):
@@ -507,6 +544,8 @@ class Mesh:
         self._timer_wake.set()
 
     def _on_event(self, event: object) -> None:
+        if self.failover is not None:
+            self.failover.on_event(event)
         if isinstance(event, ReplicaAcked):
             self._wake_committers()
             return
@@ -612,6 +651,8 @@ class Mesh:
                 continue
             self._pump()
             self._emit(out)
+            if self.failover is not None:
+                self.failover.on_envelope(trio.current_time(), env)
 
     async def _timer_loop(self) -> None:
         node = self.node

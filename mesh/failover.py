@@ -1,0 +1,516 @@
+"""Failover in the runtime: ownership of sessions, takeover on `dead`, fencing, hand-off.
+
+`Failover` is the component a `Mesh` composes. The decisions are `gossip.failover`'s
+(`FailoverState`, pure); this module feeds it what only the runtime knows and acts on
+its answers:
+
+* inputs: membership records, the time each member was last *heard* (any authenticated
+  frame), the ownership table (`ownership` document), and durable vectors (our own from
+  the store, the peers' from their acks and anti-entropy);
+* it steps the state machine when one of those changes (coalesced, at most every
+  `_MIN_INTERVAL`) and at the decision's deadline, never in a busy loop;
+* a claim due now is written into the ownership table (it spreads like any update);
+* when the table makes this node the owner of a session that another node owned (a
+  takeover or a hand-off), it pulls that session from every live member, checks its
+  schema and that it covers the plan's target, and calls the takeover handlers with the
+  session and its pending tool calls (each with its idempotency key);
+* `StandbyAssigned` naming this node calls the pre-warm handlers;
+* on a graceful leave the sessions this node owns are claimed for their successors
+  and pushed to them before the departure is announced, so nobody waits for `dead`.
+
+Invariants: writes (`Session.state` write methods and `commit`) to a session that this
+node does not own raise `NotOwner`, or `Fenced` if this node owned it before another
+node won a higher (epoch, owner); reads are always allowed. Opening a session nobody
+owns claims it at epoch 1. A node that restarts never reclaims: sessions its on-disk
+table says it owns stay write-blocked until it has exchanged the ownership table with a
+live member (or found none for `_ALONE_AFTER` seconds), after which it follows the
+merged table. Handler exceptions are counted and logged to the event stream, never
+allowed to stop the mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from crdt_types.errors import Fenced, LocalError, NotOwner, SchemaError, StatemeshError
+from crdt_types.ownership import Claim, OwnershipTable
+from crdt_types.schema import validate_document
+from crdt_types.session import SessionState
+from crdt_types.vv import decode_state_vector
+from gossip.events import (
+    MemberAlive,
+    MemberJoined,
+    OwnerChanged,
+    StandbyAssigned,
+    WorkloadFenced,
+)
+from gossip.failover import FailoverPolicy, FailoverState, Takeover, member_views
+from gossip.messages import DocVectors, Envelope
+from gossip.node import Output
+from gossip.replication import DocumentUpdated, ReplicaAcked
+
+if TYPE_CHECKING:
+    from mesh.runtime import Mesh, Session
+
+__all__ = [
+    "Failover",
+    "GuardedSessionState",
+    "PrewarmHandler",
+    "SessionTakenOver",
+    "TakeoverFailed",
+    "TakeoverHandler",
+]
+
+OWNERSHIP = "ownership"
+SESSION_PREFIX = "session/"
+STABLE_FILE = "failover-stable.json"
+# Coalesce bursts of acks and rumours into one decision (a decision over 10k sessions
+# costs ~1 s, so it must not run per frame).
+_MIN_INTERVAL = 0.02
+_MAX_SLEEP = 0.5
+# How long a takeover waits for live members to answer its pull of the session. On a
+# LAN the answer takes a round trip; a member that does not answer in time is skipped
+# (what it holds still arrives later by anti-entropy and merges).
+PULL_TIMEOUT = 0.3
+# A restarted node that finds no live member for this long trusts its own table.
+_ALONE_AFTER = 3.0
+# How long a graceful hand-off waits for successors to hold the claim and the session.
+HANDOFF_TIMEOUT = 1.0
+DEFAULT_SETTLE = 2.0
+
+TakeoverHandler = Callable[["Session", list[Any]], Awaitable[None]]
+PrewarmHandler = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTakenOver:
+    """This node took `session_id` over from `previous_owner` at `epoch` and called the handlers."""
+
+    session_id: str
+    previous_owner: str
+    epoch: int
+    fingerprint: str
+    pending: tuple[str, ...]  # idempotency keys of the pending tool calls handed over
+    covered: bool  # the replica covered the plan's target (everything acknowledged)
+
+
+@dataclass(frozen=True, slots=True)
+class TakeoverFailed:
+    """The takeover of `session_id` found a document that does not verify; no handler ran."""
+
+    session_id: str
+    reason: str
+
+
+_WRITE_METHODS = (
+    "append_message",
+    "start_tool_call",
+    "finish_tool_call",
+    "fail_tool_call",
+    "set_memory",
+    "delete_memory",
+    "add_rag",
+    "set_cursor",
+)
+
+
+class GuardedSessionState(SessionState):
+    """A `SessionState` whose write methods first ask the mesh whether this node owns it."""
+
+    def __init__(self, doc: Any, authorize: Callable[[], None]) -> None:
+        super().__init__(doc)
+        self._authorize = authorize
+
+
+def _guard(name: str) -> Callable[..., Any]:
+    plain = getattr(SessionState, name)
+
+    def guarded(self: GuardedSessionState, *args: Any, **kwargs: Any) -> Any:
+        # Refuse before the transaction: a write that reached the document would spread.
+        self._authorize()
+        return plain(self, *args, **kwargs)
+
+    guarded.__name__ = name
+    guarded.__doc__ = plain.__doc__
+    return guarded
+
+
+for _name in _WRITE_METHODS:
+    setattr(GuardedSessionState, _name, _guard(_name))
+
+
+class Failover:
+    """Ownership, takeover, fencing and hand-off for one `Mesh` (see the module docstring)."""
+
+    def __init__(self, mesh: Mesh, policy: FailoverPolicy, settle: float = DEFAULT_SETTLE) -> None:
+        self.mesh = mesh
+        self.me = mesh.node_id
+        self._stable_path = Path(mesh.config.data_dir) / STABLE_FILE
+        self.state = FailoverState(self.me, policy, settle=settle, stable=self._load_stable())
+        self._stable_saved = self.state.membership.stable
+        self.heard: dict[str, float] = {}
+        self.takeover_handlers: list[TakeoverHandler] = []
+        self.prewarm_handlers: list[PrewarmHandler] = []
+        self.plans: dict[str, Takeover] = {}
+        # (epoch) at which this node last owned each workload, to tell Fenced from NotOwner.
+        self._mine: dict[str, int] = {}
+        self._wake = trio.Event()
+        self._deadline = math.inf
+        self._pulls: dict[int, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self._started_at = math.inf
+        self.last_error: str | None = None
+        # The table is created on the first claim, so a fresh node holds no documents.
+        # A restart: what our disk says we own is not ours to write until confirmed.
+        table = mesh.ownership if OWNERSHIP in mesh.replica else None
+        self._unconfirmed = set(table.workloads_of(self.me)) if table is not None else set()
+        config = mesh.config
+        # A node with nobody to ask (no seeds, no mDNS) has only its own table to follow.
+        solitary = not config.seeds and not (config.mdns and config.interfaces)
+        self._confirmed = solitary or not self._unconfirmed
+        for claim in table.claims() if table is not None else ():
+            if claim.owner == self.me:
+                self._mine[claim.workload] = claim.epoch
+
+    # --- public (through Mesh) -----------------------------------------------------------
+
+    def _table(self) -> OwnershipTable | None:
+        return self.mesh.ownership if OWNERSHIP in self.mesh.replica else None
+
+    def _claims(self) -> list[Claim]:
+        table = self._table()
+        return [] if table is None else table.claims()
+
+    def owner_of(self, session_id: str) -> str | None:
+        """The node that owns session `session_id` now (per this replica's table), or None."""
+        table = self._table()
+        claim = None if table is None else table.owner_of(SESSION_PREFIX + session_id)
+        return None if claim is None else claim.owner
+
+    def owners(self) -> dict[str, list[str]]:
+        """{node: [session ids it owns]} from this replica's ownership table."""
+        out: dict[str, list[str]] = {}
+        n = len(SESSION_PREFIX)
+        for claim in self._claims():
+            if claim.workload.startswith(SESSION_PREFIX):
+                out.setdefault(claim.owner, []).append(claim.workload[n:])
+        return out
+
+    # --- hooks the runtime calls ---------------------------------------------------------
+
+    def claim_on_open(self, doc_id: str) -> None:
+        """Claim `doc_id` at epoch 1 if nobody ever claimed it (opening a session)."""
+        table = self.mesh.ownership
+        if table.owner_of(doc_id) is None and not self.mesh._leaving:
+            table.claim(doc_id, self.me, 1)
+            self._mine[doc_id] = 1
+            self.wake()
+
+    def authorize(self, doc_id: str) -> None:
+        """Raise `NotOwner` or `Fenced` unless this node may write `doc_id` now."""
+        table = self._table()
+        claim = None if table is None else table.owner_of(doc_id)
+        sid = doc_id[len(SESSION_PREFIX) :]
+        if claim is None:
+            raise NotOwner(sid, None, 0)
+        if claim.owner == self.me:
+            self._mine[doc_id] = claim.epoch
+            if doc_id in self._unconfirmed and not self._confirmed:
+                raise NotOwner(sid, claim.owner, claim.epoch)
+            if self.mesh._leaving:
+                raise NotOwner(sid, claim.owner, claim.epoch)
+            return
+        mine = self._mine.get(doc_id)
+        if mine is not None and (claim.epoch, claim.owner) > (mine, self.me):
+            raise Fenced(sid, claim.owner, claim.epoch)
+        raise NotOwner(sid, claim.owner, claim.epoch)
+
+    def guarded_state(self, doc_id: str, session_id: str, doc: Any) -> SessionState:
+        """The session's typed state, its writes checked by `authorize`."""
+        state = GuardedSessionState(doc, lambda: self.authorize(doc_id))
+        # `SessionState.new` writes the meta once; that first write is the opener's.
+        SessionState.new(session_id, doc)
+        return state
+
+    def on_envelope(self, now: float, env: Envelope) -> None:
+        """An authenticated envelope arrived (after the node processed it)."""
+        self.heard[env.sender] = now
+        if self._pulls:
+            for msg in env.messages:
+                if isinstance(msg, DocVectors) and not msg.reply:
+                    done = self._pulls.pop(msg.session, None)
+                    if done is not None:
+                        done.set()
+
+    def on_event(self, event: object) -> None:
+        """A membership or replication event: decide again soon."""
+        if isinstance(event, MemberJoined | MemberAlive) and self._nursery is not None:
+            # A member came (back): exchange the ownership table with it at once, so a
+            # restarted node learns it was replaced before it writes anything.
+            self._nursery.start_soon(self._sync_ownership, event.node)
+        if isinstance(event, ReplicaAcked) and not self.plans:
+            # Durable vectors matter only while a takeover is being planned.
+            return
+        if isinstance(event, DocumentUpdated) and event.doc_id != OWNERSHIP:
+            return
+        self.wake()
+
+    def wake(self) -> None:
+        """Ask the decision loop to step soon."""
+        self._wake.set()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Step the failover state machine on change and at its deadlines (runs forever)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._started_at = trio.current_time()
+            task_status.started()
+            while not self.mesh._closed:
+                now = trio.current_time()
+                with trio.move_on_at(min(self._deadline, now + _MAX_SLEEP)):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                if self.mesh._closed:
+                    break
+                try:
+                    self._step()
+                except StatemeshError as exc:
+                    self.mesh.stats["failover_errors"] += 1
+                    self.last_error = str(exc)
+                await trio.sleep(_MIN_INTERVAL)
+            nursery.cancel_scope.cancel()
+
+    def _durable(self, node: str, workload: str) -> bytes | None:
+        if node == self.me:
+            return self.mesh.replica.durable_state_vector(workload)
+        return self.mesh.node.replicator.peer_durable(node, workload)
+
+    def _members(self) -> dict[str, Any]:
+        leaving = self.mesh._leaving
+        return member_views(
+            self.mesh.node.membership.members.values(),
+            ready=lambda n: not (leaving and n == self.me),
+            heard=self.heard,
+        )
+
+    def _step(self) -> None:
+        mesh = self.mesh
+        now = trio.current_time()
+        self._check_confirmed(now)
+        decision = self.state.step(now, self._members(), self._claims(), self._durable)
+        table = mesh.ownership if decision.claims else None
+        self._deadline = decision.deadline
+        self.plans = {t.workload: t for t in decision.plans}
+        for t in decision.claims:
+            assert table is not None
+            if table.epoch_of(t.workload) < t.epoch and not mesh._leaving:
+                table.claim(t.workload, self.me, t.epoch)
+                self._mine[t.workload] = t.epoch
+                mesh.stats["takeover_claims"] += 1
+                self.wake()  # the claim changed the table: the next step raises OwnerChanged
+        if decision.claims:
+            mesh._pump()
+        for ev in decision.events:
+            self._on_decision_event(ev)
+        self._save_stable()
+
+    def _on_decision_event(self, ev: object) -> None:
+        mesh = self.mesh
+        mesh._publish(ev)
+        nursery = self._nursery
+        if isinstance(ev, OwnerChanged):
+            if ev.owner == self.me:
+                self._mine[ev.workload] = ev.epoch
+                if (
+                    ev.previous_owner is not None
+                    and ev.previous_owner != self.me
+                    and ev.workload.startswith(SESSION_PREFIX)
+                    and nursery is not None
+                ):
+                    nursery.start_soon(self._takeover, ev.workload, ev.previous_owner, ev.epoch)
+        elif isinstance(ev, WorkloadFenced):
+            mesh.stats["fenced"] += 1
+        elif (
+            isinstance(ev, StandbyAssigned)
+            and ev.standby == self.me
+            and nursery is not None
+            and ev.workload.startswith(SESSION_PREFIX)
+        ):
+            for handler in list(self.prewarm_handlers):
+                nursery.start_soon(
+                    self._call, handler, ev.workload[len(SESSION_PREFIX) :], ev.owner
+                )
+
+    async def _call(self, handler: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await handler(*args)
+        except Exception as exc:  # an application bug must not stop the mesh
+            self.mesh.stats["handler_errors"] += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+    # --- takeover ----------------------------------------------------------------------------
+
+    async def pull(self, doc_ids: list[str], timeout: float = PULL_TIMEOUT) -> int:
+        """Exchange `doc_ids` with every live member; returns how many answered in `timeout`."""
+        mesh = self.mesh
+        node = mesh.node
+        now = trio.current_time()
+        waits: list[trio.Event] = []
+        me = node.membership.me
+        for peer in node.membership.live_members():
+            if peer == self.me:
+                continue
+            address = node.membership.address_of(peer)
+            if address is None:
+                continue
+            session, sends = node.replicator.pull(now, peer, doc_ids)
+            done = self._pulls[session] = trio.Event()
+            waits.append(done)
+            msgs = tuple(m for _, m in sends)
+            if msgs:
+                env = Envelope(self.me, me.address, me.incarnation, msgs)
+                mesh._emit(Output([(address, env)], []))
+        answered = 0
+        with trio.move_on_after(timeout):
+            for done in waits:
+                await done.wait()
+                answered += 1
+        mesh._pump()
+        return answered
+
+    async def _sync_ownership(self, peer: str) -> None:
+        with contextlib.suppress(StatemeshError):
+            node = self.mesh.node
+            address = node.membership.address_of(peer)
+            if address is None or self.mesh._closed:
+                return
+            now = trio.current_time()
+            session, sends = node.replicator.pull(now, peer, [OWNERSHIP])
+            done = self._pulls[session] = trio.Event()
+            me = node.membership.me
+            env = Envelope(self.me, me.address, me.incarnation, tuple(m for _, m in sends))
+            self.mesh._emit(Output([(address, env)], []))
+            with trio.move_on_after(2.0):
+                await done.wait()
+                self._confirmed = True
+                self.wake()
+            self._pulls.pop(session, None)
+
+    def _check_confirmed(self, now: float) -> None:
+        if self._confirmed:
+            return
+        live = [n for n in self.mesh.node.membership.live_members() if n != self.me]
+        if not live and now - self._started_at >= _ALONE_AFTER:
+            self._confirmed = True
+
+    async def _takeover(self, doc_id: str, previous: str, epoch: int) -> None:
+        mesh = self.mesh
+        sid = doc_id[len(SESSION_PREFIX) :]
+        plan = self.plans.get(doc_id)
+        # Hold everything any live member acknowledged before the agent resumes.
+        await self.pull([doc_id])
+        if mesh._closed:
+            return
+        try:
+            session = await mesh.session(sid)
+            validate_document(doc_id, session.state.doc)
+        except (SchemaError, LocalError) as exc:
+            mesh.stats["takeover_failed"] += 1
+            mesh._publish(TakeoverFailed(sid, str(exc)))
+            return
+        covered = True
+        if plan is not None and plan.target:
+            ours = decode_state_vector(mesh.replica.state_vector(doc_id))
+            covered = all(ours.get(c, 0) >= k for c, k in plan.target.as_dict().items())
+        pending = session.state.pending_tool_calls()
+        mesh.stats["takeovers"] += 1
+        mesh._publish(
+            SessionTakenOver(
+                sid,
+                previous,
+                epoch,
+                session.fingerprint(),
+                tuple(c.idempotency_key for c in pending),
+                covered,
+            )
+        )
+        for handler in list(self.takeover_handlers):
+            await self._call(handler, session, pending)
+
+    # --- graceful hand-off -------------------------------------------------------------------
+
+    async def handoff(self, timeout: float = HANDOFF_TIMEOUT) -> list[Takeover]:
+        """Claim every session this node owns for its successor and push it there first."""
+        mesh = self.mesh
+        claims = self._claims()
+        if not any(c.owner == self.me for c in claims):
+            return []
+        table = mesh.ownership
+        plans = self.state.handoff(self._members(), claims, self._durable)
+        given = [t for t in plans if t.successor is not None]
+        for t in given:
+            if table.epoch_of(t.workload) < t.epoch:
+                table.claim(t.workload, t.successor, t.epoch)
+        if not given:
+            return []
+        mesh._pump()
+        successors = sorted({t.successor for t in given if t.successor})
+        docs = [OWNERSHIP] + sorted({t.workload for t in given})
+        with trio.move_on_after(timeout):
+            await self.pull(docs, timeout)
+            # Wait until each successor's store holds the claim (its ack says so).
+            while True:
+                sv = mesh.replica.state_vector(OWNERSHIP)
+                holders = set(mesh.node.replicator.replicas_covering(OWNERSHIP, sv))
+                if all(s in holders for s in successors):
+                    break
+                await trio.sleep(0.02)
+        mesh.stats["handoffs"] += len(given)
+        return given
+
+    # --- the stable membership, persisted ------------------------------------------------------
+
+    def _load_stable(self) -> list[str] | None:
+        try:
+            data = json.loads(self._stable_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, list) and data and all(isinstance(n, str) and n for n in data):
+            return data
+        return None
+
+    def _save_stable(self) -> None:
+        stable = self.state.membership.stable
+        if stable is None or stable == self._stable_saved:
+            return
+        self._stable_saved = stable
+        tmp = self._stable_path.with_suffix(".tmp")
+        # Small and rare (membership changes); a lost write only costs the restart gap
+        # that `gossip.quorum` documents.
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(sorted(stable)))
+            os.replace(tmp, self._stable_path)
+
+    def status(self) -> dict[str, Any]:
+        """Ownership and failover figures for `/status`."""
+        stable = self.state.membership.stable
+        return {
+            "owners": self.owners(),
+            "stable": sorted(stable) if stable is not None else None,
+            "policy": self.state.policy.split_brain,
+            "plans": {
+                w: {"successor": t.successor, "reason": t.reason, "epoch": t.epoch}
+                for w, t in sorted(self.plans.items())
+            },
+        }
