@@ -1018,6 +1018,7 @@ class AsyncStore:
         self._limiter = trio.CapacityLimiter(2)
         self.batches = 0
         self._known_ids: set[str] = set()
+        self._check_updates = store.check_updates
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -1102,18 +1103,25 @@ class AsyncStore:
                 self._known_ids.clear()
             self._known_ids.add(doc_id)
         if (
-            type(update) is not bytes
+            self._check_updates
+            or type(update) is not bytes
             or not 0 < len(update) <= MAX_UPDATE_BYTES
-            or self.store.check_updates
         ):
-            _check_update(update, decode=self.store.check_updates)
+            _check_update(update, decode=self._check_updates)
         queue = self._queue
-        if not queue or len(queue[-1].items) >= self.max_batch:
-            queue.append(_Batch())
-        batch = queue[-1]
+        if queue:
+            batch = queue[-1]
+            items = batch.items
+            if len(items) < self.max_batch:
+                items.append((doc_id, update))
+                return Pending(batch, len(items) - 1)
+        # A new batch: the committer, if idle, waits for exactly this (it finds batches
+        # queued while it was busy on its own, so later appends need not wake it).
+        batch = _Batch()
         batch.items.append((doc_id, update))
+        queue.append(batch)
         self._wakeup.set()
-        return Pending(batch, len(batch.items) - 1)
+        return Pending(batch, 0)
 
     async def flush(self) -> None:
         """Return once everything submitted so far is durable; raise if any of it failed."""
@@ -1132,10 +1140,10 @@ class AsyncStore:
             _check_update(update, decode=self.store.check_updates)
         if not self._queue or len(self._queue[-1].items) >= self.max_batch:
             self._queue.append(_Batch())
+            self._wakeup.set()
         batch = self._queue[-1]
         index = len(batch.items)
         batch.items.extend(items)
-        self._wakeup.set()
         return Pending(batch, index)
 
     async def load(self, doc_id: str, *, salvage: bool = False) -> pycrdt.Doc:
