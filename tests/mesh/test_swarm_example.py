@@ -21,7 +21,7 @@ import tempfile
 
 import trio
 
-from mesh import MeshConfig, SessionChanged, open_mesh
+from mesh import MeshConfig, open_mesh
 
 TASKS = ["fetch data", "clean data", "train model", "write report"]
 
