@@ -468,7 +468,10 @@ class Membership:
         if target is None:
             p.indirect = 0
             return
-        helpers = self._live.sample(self._rng, self.config.indirect_checks, exclude=(p.target,))
+        # Only members we believe alive make useful helpers (memberlist does the same).
+        helpers = self._live.sample(
+            self._rng, self.config.indirect_checks, exclude=(p.target, *self._suspicions)
+        )
         p.indirect = len(helpers)
         req = PingReq(p.seq, p.target, target.address)
         for node in helpers:
