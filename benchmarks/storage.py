@@ -45,11 +45,11 @@ HELP = "durable writes/s (group commit, fsync on) vs raw pycrdt, and log recover
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the storage benchmark."""
     parser.add_argument("--updates", type=int, default=1_000_000, help="recovery log size")
-    parser.add_argument("--writes", type=int, default=100_000, help="writes per phase and round")
+    parser.add_argument("--writes", type=int, default=30_000, help="writes per phase and round")
     parser.add_argument("--writers", type=int, default=200, help="concurrent writer tasks")
-    parser.add_argument("--window", type=int, default=16, help="unacknowledged writes per writer")
+    parser.add_argument("--window", type=int, default=32, help="unacknowledged writes per writer")
     parser.add_argument("--record-updates", type=int, default=4, help="updates per log record")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/durable rounds")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating raw/durable rounds")
     parser.add_argument(
         "--check-updates", action="store_true", help="decode every update before accepting it"
     )
