@@ -62,3 +62,38 @@ def test_throughput_bad_flags_exit_2_before_starting_peers(argv, message, capsys
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+async def test_updates_of_one_pump_leave_in_one_frame_per_peer(tmp_path: Path) -> None:
+    """Batching that the throughput figures rely on: 32 writes, one sealed frame per peer."""
+    import contextlib
+    import secrets
+
+    import trio
+
+    from mesh import MeshConfig, open_mesh
+
+    key = secrets.token_bytes(32)
+    async with contextlib.AsyncExitStack() as stack:
+        cfg = dict(key=key, profile="local")
+        a = await stack.enter_async_context(
+            open_mesh(MeshConfig(node="a", data_dir=tmp_path / "a", seed=11, **cfg))
+        )
+        peers = [a]
+        for name in ("b", "c"):
+            mc = MeshConfig(node=name, data_dir=tmp_path / name, seeds=[a.address], seed=12, **cfg)
+            peers.append(await stack.enter_async_context(open_mesh(mc)))
+        with trio.fail_after(20):
+            while not all(
+                sum(m["state"] == "alive" for m in p.members()) == 3 for p in peers
+            ):  # fmt: skip
+                await trio.sleep(0.02)
+        sessions = [await a.session(f"batch-{k}") for k in range(32)]
+        await sessions[-1].commit(replicas="all", timeout=20)
+        for s in sessions:
+            s.state.set_memory("k", 1)
+        sealed = a.codec.sealer.frames_sealed
+        a._pump()  # what the pump task does next; called here so nothing else interleaves
+        assert a.codec.sealer.frames_sealed - sealed == 2  # not 32 updates x 2 peers
+        for s in sessions:
+            assert await s.commit(replicas="all", timeout=20) == ["b", "c"]
