@@ -42,6 +42,7 @@ from crdt_types.vv import decode_state_vector
 from gossip.config import PROFILES
 from gossip.config import profile as gossip_profile
 from gossip.messages import DocDiff, Envelope
+from gossip.replication import ReplicationConfig
 
 HELP = "time, gossip rounds and bytes for a burst of writes to reach every peer vs full-state push"
 
@@ -58,6 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="lan", choices=sorted(PROFILES), help="timing")
     parser.add_argument("--max-rounds", type=int, default=200, help="give up after this many")
     parser.add_argument("--seed", type=int, default=1, help="seed for every random choice")
+    defaults = ReplicationConfig()
+    parser.add_argument(
+        "--fanout", type=int, default=defaults.fanout, help="peers each rumour is pushed to"
+    )
+    parser.add_argument(
+        "--retransmit-mult",
+        type=int,
+        default=defaults.retransmit_mult,
+        help="rumour rounds = this * ceil(log10(N + 1)); defaults are the runtime's",
+    )
     add_plot_argument(parser, "fraction of peers holding a write over time, both curves")
 
 
@@ -65,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     """Run the burst on statemesh and on the naive baseline; return the figures."""
     if args.peers < 2:
         raise usage(SUITE, "--peers must be at least 2")
-    for name in ("writes", "sessions", "max_rounds"):
+    for name in ("writes", "sessions", "max_rounds", "fanout", "retransmit_mult"):
         if getattr(args, name) < 1:
             raise usage(SUITE, f"--{name.replace('_', '-')} must be at least 1")
     if args.history < 0:
@@ -95,6 +106,8 @@ def run(args: argparse.Namespace) -> dict:
         "idle_bytes_per_peer_per_s": round(ours["idle_rate"], 1),
         "gossip_interval_ms": rnd_ms,
         "profile": config.name,
+        "fanout": args.fanout,
+        "retransmit_mult": args.retransmit_mult,
         "virtual_time": True,
         "seed": args.seed,
     }
@@ -153,7 +166,8 @@ def _burst_plan(args: argparse.Namespace) -> list[tuple[float, int, str]]:
 
 
 def _statemesh(args: argparse.Namespace, config, key: bytes) -> dict:
-    sim = SealedSimulator(args.seed, config, key)
+    replication = ReplicationConfig(fanout=args.fanout, retransmit_mult=args.retransmit_mult)
+    sim = SealedSimulator(args.seed, config, key, replication)
     ids = [f"peer{i:03d}" for i in range(args.peers)]
     for node_id in ids:
         sim.add_node(node_id)

@@ -163,9 +163,11 @@ def run(args: argparse.Namespace) -> dict:
 class SealedSimulator(Simulator):
     """The deterministic simulator, counting the bytes of real sealed frames."""
 
-    def __init__(self, seed: int, config, key: bytes) -> None:
+    def __init__(
+        self, seed: int, config, key: bytes, replication: ReplicationConfig | None = None
+    ) -> None:
         # Our own encoding below runs the codec's checks; the base need not encode again.
-        super().__init__(seed, config, wire=False, replication=ReplicationConfig())
+        super().__init__(seed, config, wire=False, replication=replication or ReplicationConfig())
         self._keyring = Keyring([key])
         self._sealers: dict[str, Sealer] = {}
         self._boot = random.Random(f"boot:{seed}")

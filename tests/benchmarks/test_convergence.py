@@ -44,6 +44,15 @@ def test_convergence_same_seed_same_figures(capsys) -> None:
     assert bench(capsys, *TINY, "--seed", "4") == bench(capsys, *TINY, "--seed", "4")
 
 
+def test_fewer_rumour_retransmissions_send_fewer_bytes(capsys) -> None:
+    default = bench(capsys, *TINY)
+    lean = bench(capsys, *TINY, "--retransmit-mult", "1")
+    assert default["retransmit_mult"] == 3 and lean["retransmit_mult"] == 1
+    assert lean["converged"] is True
+    assert lean["bytes_total"] < default["bytes_total"]
+    assert lean["baseline_bytes_total"] == default["baseline_bytes_total"]
+
+
 def test_convergence_plot_is_a_png(tmp_path: Path, capsys) -> None:
     out = tmp_path / "conv.png"
     bench(capsys, *TINY, "--plot", str(out))
@@ -66,6 +75,8 @@ def test_convergence_without_a_plot_writes_none(tmp_path: Path, capsys, monkeypa
         (["--sessions", "0"], "--sessions must be at least 1"),
         (["--history", "-1"], "--history must be at least 0"),
         (["--max-rounds", "0"], "--max-rounds must be at least 1"),
+        (["--fanout", "0"], "--fanout must be at least 1"),
+        (["--retransmit-mult", "0"], "--retransmit-mult must be at least 1"),
         (["--plot", "conv.svg"], "must end in .png"),
         (["--plot", "/nonexistent-dir/c.png"], "does not exist"),
     ],
