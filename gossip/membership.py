@@ -104,10 +104,12 @@ class Member:
 class _Suspicion:
     """Lifeguard suspicion timer: deadline shrinks with each independent confirmation."""
 
-    __slots__ = ("start", "k", "low", "high", "confirmers", "deadline")
+    __slots__ = ("start", "k", "low", "high", "confirmers", "deadline", "notify_at", "notices")
 
     def __init__(self, start: float, origin: str, k: int, low: float, high: float) -> None:
         self.start = start
+        self.notify_at = start + low / 2  # when to tell the accused again (frames get lost)
+        self.notices = 2  # re-notifications left
         self.k = k
         self.low = low
         self.high = high
@@ -362,7 +364,7 @@ class Membership:
         for f in self._forwards.values():
             t = min(t, f.expires if f.nacked else f.nack_at)
         for s in self._suspicions.values():
-            t = min(t, s.deadline)
+            t = min(t, s.deadline, s.notify_at)
         return t
 
     def tick(self, now: float) -> None:
@@ -375,6 +377,14 @@ class Membership:
         if self._suspicions:
             for node in [n for n, s in self._suspicions.items() if s.deadline <= now]:
                 self._suspicion_expired(now, node)
+            for node, s in self._suspicions.items():
+                if s.notices and now >= s.notify_at:
+                    # Our first notice to the accused may have been lost, and gossip may be
+                    # slow to reach it: repeat a bounded number of times before the deadline.
+                    s.notices -= 1
+                    s.notify_at = now + s.low / 2 if s.notices else math.inf
+                    m = self.members[node]
+                    self._outbox.append((m.address, m.update()))
         if self.leaving:
             return
         if now >= self._next_push_pull:
