@@ -86,6 +86,8 @@ _ALONE_AFTER = 3.0
 # How long a graceful hand-off waits for successors to hold the claim and the session.
 HANDOFF_TIMEOUT = 1.0
 DEFAULT_SETTLE = 2.0
+# Plans that hearing from a member can unblock.
+_HEARD_REASONS = ("no_quorum", "owner_heard")
 
 TakeoverHandler = Callable[["Session", list[Any]], Awaitable[None]]
 PrewarmHandler = Callable[[str, str], Awaitable[None]]
@@ -169,6 +171,7 @@ class Failover:
         self._nursery: trio.Nursery | None = None
         self._started_at = math.inf
         self.last_error: str | None = None
+        self._waiting_quorum = False
         # The table is created on the first claim, so a fresh node holds no documents.
         # A restart: what our disk says we own is not ours to write until confirmed.
         table = mesh.ownership if OWNERSHIP in mesh.replica else None
@@ -244,6 +247,10 @@ class Failover:
     def on_envelope(self, now: float, env: Envelope) -> None:
         """An authenticated envelope arrived (after the node processed it)."""
         self.heard[env.sender] = now
+        if self._waiting_quorum:
+            # Quorum completes by hearing from members, which changes no state: decide
+            # again now rather than at the next re-check.
+            self.wake()
         if self._pulls:
             for msg in env.messages:
                 if isinstance(msg, DocVectors) and not msg.reply:
@@ -312,6 +319,7 @@ class Failover:
         table = mesh.ownership if decision.claims else None
         self._deadline = decision.deadline
         self.plans = {t.workload: t for t in decision.plans}
+        self._waiting_quorum = any(t.reason in _HEARD_REASONS for t in decision.plans)
         for t in decision.claims:
             assert table is not None
             if table.epoch_of(t.workload) < t.epoch and not mesh._leaving:
