@@ -14,11 +14,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Series", "add_plot_argument", "bar_plot", "check_plot_path", "line_plot", "usage"]
+__all__ = [
+    "Bars",
+    "Series",
+    "add_plot_argument",
+    "bar_plot",
+    "check_plot_path",
+    "line_plot",
+    "usage",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,31 +107,38 @@ def line_plot(
         plt.close(fig)
 
 
-def bar_plot(
-    path: Path,
-    groups: Sequence[str],
-    bars: Sequence[tuple[str, Sequence[float]]],
-    *,
-    title: str,
-    ylabel: str,
-    note: str = "",
-    log: bool = False,
-) -> None:
-    """Draw grouped bars (one colour per named bar set, one group per label) into a PNG."""
+@dataclass(frozen=True, slots=True)
+class Bars:
+    """One panel of grouped bars: a set of named bar series over the same group labels."""
+
+    title: str
+    groups: Sequence[str]
+    bars: Sequence[tuple[str, Sequence[float]]]
+    ylabel: str
+    log: bool = False
+
+
+def bar_plot(path: Path, panels: Sequence[Bars], *, title: str, note: str = "") -> None:
+    """Draw one or more panels of grouped bars side by side into a PNG at `path`."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1, 5), dpi=110)
+    axes = [axes] if len(panels) == 1 else list(axes)
     try:
-        n = max(1, len(bars))
-        width = 0.8 / n
-        for i, (label, values) in enumerate(bars):
-            xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
-            rects = ax.bar(xs, values, width=width, label=label)
-            ax.bar_label(rects, labels=[_short(v) for v in values], fontsize=8, padding=2)
-        ax.set_xticks(range(len(groups)), groups)
-        if log:
-            ax.set_yscale("log")
-        _decorate(ax, title, "", ylabel, note)
-        ax.legend(loc="best")
+        for ax, panel in zip(axes, panels, strict=True):
+            n = max(1, len(panel.bars))
+            width = 0.8 / n
+            for i, (label, values) in enumerate(panel.bars):
+                xs = [g + (i - (n - 1) / 2) * width for g in range(len(panel.groups))]
+                rects = ax.bar(xs, values, width=width, label=label)
+                ax.bar_label(rects, labels=[_short(v) for v in values], fontsize=8, padding=2)
+            ax.set_xticks(range(len(panel.groups)), panel.groups, fontsize=8)
+            if panel.log:
+                ax.set_yscale("log")
+            ax.margins(y=0.15)
+            _decorate(ax, panel.title, "", panel.ylabel, "")
+            if len(panel.bars) > 1:
+                ax.legend(loc="best", fontsize=8)
+        fig.suptitle(_wrap(title + (f"\n{note}" if note else "")), fontsize=10)
         fig.tight_layout()
         fig.savefig(path, format="png")
     finally:
@@ -130,11 +146,16 @@ def bar_plot(
 
 
 def _decorate(ax, title: str, xlabel: str, ylabel: str, note: str) -> None:
-    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
+    ax.set_title(_wrap(title + (f"\n{note}" if note else "")), fontsize=10)
     if xlabel:
         ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
+
+
+def _wrap(text: str, width: int = 95) -> str:
+    # Titles carry the run's context; wrap them rather than let the figure crop them.
+    return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
 
 
 def _short(value: float) -> str:

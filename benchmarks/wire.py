@@ -34,7 +34,7 @@ from collections import Counter
 
 import pycrdt
 
-from benchmarks._plot import add_plot_argument, bar_plot, check_plot_path, usage
+from benchmarks._plot import Bars, add_plot_argument, bar_plot, check_plot_path, usage
 from benchmarks._progress import note, phase
 from crdt_types.session import SessionState
 from gossip.codec import encode_envelope
@@ -140,17 +140,28 @@ def run(args: argparse.Namespace) -> dict:
     if plot is not None:
         bar_plot(
             plot,
-            [f"update ({args.batch} msgs)", "update (1 msg)"],
             [
-                ("raw pycrdt update", [batched["raw"], single["raw"]]),
-                ("sealed frame", [batched["frame"], single["frame"]]),
+                Bars(
+                    "bytes per replicated update",
+                    [f"{args.batch} messages", "1 message"],
+                    [
+                        ("raw pycrdt update", [batched["raw"], single["raw"]]),
+                        ("sealed, framed", [batched["frame"], single["frame"]]),
+                    ],
+                    "bytes",
+                ),
+                Bars(
+                    f"idle, {args.peers} peers",
+                    [f"{args.documents:,} docs", "no docs", "naive vectors"],
+                    [("bytes per peer per second", [idle["rate"], empty["rate"], naive])],
+                    "bytes per peer per second (log)",
+                    log=True,
+                ),
             ],
-            title="statemesh bench wire: bytes per replicated update",
-            ylabel="bytes",
+            title="statemesh bench wire",
             note=(
-                f"idle: {idle['rate']:,.0f} B/peer/s with {args.documents:,} docs, "
-                f"{empty['rate']:,.0f} with none, naive vector exchange {naive:,.0f} "
-                f"({args.peers} peers, profile {config.name})"
+                f"overhead {batched['frame'] / batched['raw']:.3f}x batched, "
+                f"{single['frame'] / single['raw']:.3f}x single; profile {config.name}, sealed"
             ),
         )
         note(SUITE, f"plot written to {plot}")
