@@ -136,3 +136,13 @@ class StandbyAssigned:
 
 
 FAILOVER_EVENTS = (OwnerChanged, WorkloadFenced, TakeoverPlanned, StandbyAssigned)
+
+
+def __getattr__(name: str) -> type:
+    # Replication events live with their state machine; importing them lazily keeps this
+    # module free of import cycles while `from gossip.events import DocumentUpdated` works.
+    if name in ("DocumentUpdated", "ReplicaAcked"):
+        from gossip import replication
+
+        return getattr(replication, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
