@@ -106,6 +106,8 @@ _PROBE_TYPES = (Ping, Ack, PingReq, Nack)
 # The timer never sleeps longer than this, so a missed wake-up costs at most this much.
 _MAX_TIMER_SLEEP = 0.5
 EVENT_BUFFER = 1024
+# A commit still waiting for replicas after this long re-sends the write (see `_nudge`).
+NUDGE_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,7 @@ class Mesh:
         self._ownership: OwnershipTable | None = None
         self._subscribers: list[Subscription] = []
         self._last_pending: dict[str, Pending] = {}
+        self._last_local: dict[str, bytes] = {}  # per document, for commit nudges
         self._durable_queue: deque[tuple[Pending, str, bytes]] = deque()
         self._durable_wake = trio.Event()
         self._pump_wake = trio.Event()
@@ -327,6 +330,7 @@ class Mesh:
             # durability task next runs, so what commit reports is what peers are told.
             self._mark_done()
         replicator = self.node.replicator
+        nudge_at = trio.current_time() + NUDGE_INTERVAL
         while True:
             holders = replicator.replicas_covering(doc_id, target)
             if replicas is None or replicas == 0:
@@ -343,12 +347,16 @@ class Mesh:
             if self._closed:
                 raise Closed("the mesh closed while a commit was waiting")
             changed = self._acks_changed
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(min(deadline, nudge_at)):
                 await changed.wait()
-            if trio.current_time() >= deadline:
+            now = trio.current_time()
+            if now >= deadline:
                 raise CommitTimeout(
                     f"{doc_id}: {want} not reached in {timeout} s; the write stays and keeps spreading"
                 )
+            if now >= nudge_at:
+                nudge_at = now + NUDGE_INTERVAL
+                self._nudge(doc_id)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, max_buffer: int = EVENT_BUFFER) -> AsyncIterator[Subscription]:
@@ -555,6 +563,18 @@ class Mesh:
             self._wake_committers()
             self._publish(event)
 
+    def _nudge(self, doc_id: str) -> None:
+        """Push the document's last local update again, so that its holders ack again.
+
+        An ack can be lost, or dropped because its sender could not address us yet, and
+        anti-entropy between converged replicas ends at the digest root without
+        exchanging durable vectors; a retransmit from the writer makes each holder re-ack.
+        """
+        update = self._last_local.get(doc_id)
+        if update is not None and not self.node.left and not self._closed:
+            self.stats["commit_nudges"] += 1
+            self._emit(self.node.local_update(trio.current_time(), doc_id, update))
+
     def _wake_committers(self) -> None:
         self._acks_changed.set()
         self._acks_changed = trio.Event()
@@ -578,6 +598,8 @@ class Mesh:
         for change, pending in items:
             doc_id = change.doc_id
             last[doc_id] = pending
+            if change.local:
+                self._last_local[doc_id] = change.update
             if change.local and not self.node.left:
                 self._emit(self.node.local_update(now, doc_id, change.update))
             if doc_id.startswith(SESSION_PREFIX) and (doc_id, change.local) not in published:

@@ -346,3 +346,38 @@ def test_mesh_config_rejects_each_bad_field(tmp_path, fields, message):
     base.update(fields)
     with pytest.raises(LocalError, match=message):
         MeshConfig(**base)
+
+
+@pytest.mark.parametrize("nudge", [True, False])
+async def test_a_lost_ack_is_recovered_by_the_commit_nudge(tmp_path, monkeypatch, nudge):
+    from mesh import runtime
+
+    if not nudge:
+        # Control: without re-sending, converged replicas never report again.
+        monkeypatch.setattr(runtime, "NUDGE_INTERVAL", 3600.0)
+    async with trio_nodes(tmp_path, 2) as (a, b):
+        s = await a.session("nudged")
+        s.state.set_memory("k", "v")
+        assert await s.commit(replicas=1, timeout=10) == ["n1"]
+
+        # Let everything settle: equal digest roots, so anti-entropy exchanges end at the
+        # root and carry no durable vectors; no rumour left to retransmit.
+        async def settled():
+            for _ in range(200):
+                ra, rb = a.node.replicator, b.node.replicator
+                if ra.root == rb.root and not ra.pending_rumours and not rb.pending_rumours:
+                    await trio.sleep(0.7)
+                    if ra.root == rb.root and not ra.pending_rumours:
+                        return
+                await trio.sleep(0.05)
+            raise AssertionError("replicas did not settle")
+
+        await settled()
+        # The ack is "lost": a forgets what b reported.
+        a.node.replicator._peer_durable.clear()
+        if nudge:
+            assert await s.commit(replicas=1, timeout=10) == ["n1"]
+            assert a.stats["commit_nudges"] >= 1
+        else:
+            with pytest.raises(CommitTimeout):
+                await s.commit(replicas=1, timeout=2.5)
