@@ -25,11 +25,23 @@ The protocol (Das et al. SWIM, with Hashicorp's Lifeguard and memberlist's choic
   probes less and waits longer before it accuses anyone.
 * `left` (graceful leave) is distinct from `dead`: failover only happens on dead.
 * Dead and left members are forgotten (`MemberReaped`) after `reap_after`; until then we
-  periodically push-pull with a random dead member so that healed partitions merge.
+  periodically ping a random dead member and, if it answers, push-pull with it, so the
+  halves of a healed partition find each other again.
 * Membership changes travel as `MemberUpdate` rumours piggybacked on other traffic, each
   sent `retransmit_limit(N)` times. Joining and periodic anti-entropy use a full
-  `MembershipSync` push-pull; in such a merge a remote `dead` only makes us *suspect* the
-  member, so a stale view from across a healed partition cannot kill live members.
+  `MembershipSync` push-pull.
+
+Three choices beyond memberlist, each found necessary in the simulator (a live member
+declared dead after a partition heals, or under 10 % loss):
+
+* A push-pull merge never starts a suspicion of a member we know: the other side's view
+  may be stale (it could not reach that member), and our own probes find real failures.
+* A third party's `dead` about a member we hold alive at that incarnation only starts our
+  own suspicion (which many such verdicts shrink to the minimum), so a verdict formed
+  across a partition can still be refuted.
+* The accused is told directly, when the suspicion starts, twice more before it expires,
+  and on every frame we send it (Lifeguard's buddy system); it refutes straight back to
+  the accuser, so refutation does not wait on busy gossip queues.
 """
 
 from __future__ import annotations
@@ -66,6 +78,10 @@ from gossip.messages import (
 # Precedence of states at an equal incarnation: a rumour overrides ours only if it ranks higher.
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
 _REAP_CHECK = 1.0  # seconds between reap sweeps: reaping is not time-critical
+# Rumours at or above this incarnation are refused: the wire carries at most 2**63-1, so a
+# member accused at the very top could never refute (and its refutation would not encode,
+# silencing it). Honest members climb by one per refutation and never get near it.
+MAX_INCARNATION = 2**63 - 2**32
 
 
 class Member:
@@ -562,6 +578,8 @@ class Membership:
         if msg.target == self.node_id:
             self._outbox.append((sender_address, Ack(msg.seq)))
             return
+        # A malformed address is the requester's fault: refuse it here, not at the socket.
+        _check_address(msg.target_address)
         seq = self._next_seq()
         timeout = self.scaled(self.config.probe_timeout)
         self._forwards[seq] = _Forward(
@@ -616,6 +634,8 @@ class Membership:
             raise LocalError(f"unknown member state {upd.state!r}")
         if upd.incarnation < 0:
             raise LocalError("negative incarnation")
+        if upd.incarnation >= MAX_INCARNATION:
+            raise LocalError(f"incarnation {upd.incarnation} is beyond any a member can reach")
         if upd.node == self.node_id:
             self._about_me(upd, sender_address)
             return
