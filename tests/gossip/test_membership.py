@@ -416,3 +416,36 @@ def test_profiles():
     # The LAN promise: a dead peer in a small cluster in about a second.
     assert lan().suspicion_min(5) == pytest.approx(0.5)
     assert wan().probe_interval > lan().probe_interval
+
+
+def test_accused_is_told_directly_a_bounded_number_of_times():
+    cfg = lan().with_(reconnect_interval=100.0)
+    m = make("a", "bcdefghij", cfg)
+    m.apply(1.0, upd("b", SUSPECT, origin="c"))
+    out, _ = m.take()
+    notice = MemberUpdate("b", addr("b"), 0, SUSPECT, "c")
+    assert (addr("b"), notice) in out
+    # Frames we send the accused carry the accusation too (buddy system).
+    assert m.accusation_for(addr("b")) == notice
+    assert m.accusation_for(addr("c")) is None
+    later = [x for x in run(m, 1.0, m.suspicion_deadline("b") - 0.01) if x[1] == addr("b")]
+    assert [msg for _, _, msg in later if msg == notice] == [notice, notice]
+    m.apply(2.0, upd("b", ALIVE, 1))
+    assert m.accusation_for(addr("b")) is None
+
+
+def test_reconnect_pings_a_dead_member_and_syncs_only_if_it_answers():
+    cfg = lan()
+    m = make("a", "bc", cfg)
+    m.apply(0.0, upd("b", SUSPECT, origin="c"))
+    m.apply(0.0, upd("b", DEAD, origin="c"))
+    m.take()
+    sent = run(m, 0.0, cfg.reconnect_interval + 0.01)
+    pings = [msg for _, a, msg in sent if a == addr("b") and isinstance(msg, Ping)]
+    assert pings and all(p.target == "b" for p in pings)
+    assert not [msg for _, a, msg in sent if isinstance(msg, MembershipSync)]
+    m.handle(1.0, addr("b"), Ack(pings[-1].seq))
+    out, _ = m.take()
+    [(dest, sync)] = [(d, x) for d, x in out if isinstance(x, MembershipSync)]
+    assert dest == addr("b") and sync.reply
+    assert any(u.node == "b" and u.state == DEAD for u in sync.members)  # so it refutes
