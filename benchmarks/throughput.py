@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     raw_write, raw_apply = _raw(args.raw_ops, args.writers)
     note(SUITE, f"raw pycrdt: {raw_write:,.0f} writes/s, {raw_apply:,.0f} applies/s")
     with tempfile.TemporaryDirectory(prefix="statemesh-throughput-", dir=args.dir) as scratch:
-        levels, frames = trio.run(_mesh_phases, Path(scratch), args)
+        levels, traffic = trio.run(_mesh_phases, Path(scratch), args)
     replicated = levels["replicas=1"]["ops_per_s"]
     result = {
         "levels": levels,
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
         "peers": 3,
         "sealed": True,
         "profile": args.profile,
-        "frames_sent_per_commit": frames,
+        **traffic,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     if plot is not None:
@@ -150,7 +150,7 @@ def _raw(ops: int, writers: int) -> tuple[float, float]:
 # --- the mesh -----------------------------------------------------------------------------
 
 
-async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, float]:
+async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, dict]:
     from mesh import MeshConfig, open_mesh
 
     key = secrets.token_bytes(32)  # a generated cluster key, as `statemesh keygen` makes
@@ -174,12 +174,26 @@ async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, floa
         await _await_membership(nodes)
         levels = {}
         frames0 = _frames(nodes)
+        received0 = _received(nodes)
         commits = 0
         for level in LEVELS:
             levels[level] = await _level(first, level, args)
             commits += args.ops // args.writers * args.writers
-        frames = (_frames(nodes) - frames0) / max(1, commits)
-    return levels, round(frames, 2)
+            await _settle(nodes)
+        per = max(1, commits)
+        received, duplicates = (x - x0 for x, x0 in zip(_received(nodes), received0, strict=True))
+        traffic = {
+            "frames_sent_per_commit": round((_frames(nodes) - frames0) / per, 2),
+            # Every peer needs one copy of each update; more is rumour redundancy.
+            "updates_received_per_commit": round(received / per, 2),
+            "duplicate_updates_per_commit": round(duplicates / per, 2),
+        }
+    return levels, traffic
+
+
+def _received(nodes) -> tuple[int, int]:
+    stats = [n.node.replicator.stats for n in nodes]
+    return sum(s.updates_received for s in stats), sum(s.duplicates for s in stats)
 
 
 def _frames(nodes) -> int:
@@ -225,12 +239,23 @@ async def _level(mesh, level: str, args: argparse.Namespace) -> dict:
             for s in sessions:
                 nursery.start_soon(writer, s)
         elapsed = time.perf_counter() - start
+    # Every session of this level on every peer before the next level starts.
+    async with trio.open_nursery() as nursery:
+        for s in sessions:
+            nursery.start_soon(_commit, s, "all", args.timeout)
     latencies.sort()
     return {
         "ops_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
     }
+
+
+async def _settle(nodes) -> None:
+    """Let the previous level's replication traffic finish so it does not slow the next."""
+    with trio.move_on_after(_MEMBERSHIP_TIMEOUT):
+        while any(n.node.replicator.pending_rumours for n in nodes):
+            await trio.sleep(0.05)
 
 
 async def _commit(session, replicas, timeout: float) -> None:
