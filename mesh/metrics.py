@@ -344,10 +344,10 @@ class Metrics:
         for msg in messages:
             counts[MESSAGE_TYPES.get(type(msg), OTHER)] += 1
 
-    def frame_rejected(self, reason: str) -> None:
-        """A received frame was dropped for `reason` (a `BadFrame.REASONS` entry)."""
+    def frame_rejected(self, reason: str, count: int = 1) -> None:
+        """`count` received frames were dropped for `reason` (a `BadFrame.REASONS` entry)."""
         rejected = self._wire.rejected
-        rejected[reason if reason in rejected else OTHER] += 1
+        rejected[reason if reason in rejected else OTHER] += _count(count, "count")
 
     # --- replication --------------------------------------------------------------------
 
