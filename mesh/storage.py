@@ -46,7 +46,8 @@ import random
 import sqlite3
 import struct
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1019,6 +1020,9 @@ class AsyncStore:
         self.batches = 0
         self._known_ids: set[str] = set()
         self._check_updates = store.check_updates
+        # Called after each group commit with (seconds, updates, bytes, error or None):
+        # how the runtime feeds fsync latency and disk faults to metrics and readiness.
+        self.on_commit: Callable[[float, int, int, BaseException | None], None] | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -1049,6 +1053,7 @@ class AsyncStore:
                     self._wakeup = trio.Event()
                     continue
                 batch = self._inflight = self._queue.popleft()
+                started = time.perf_counter()
                 try:
                     # Not cancellable (the default): a transaction in flight must finish so
                     # its waiters learn the truth about durability.
@@ -1065,6 +1070,13 @@ class AsyncStore:
                     batch.error = StorageError(f"group commit failed: {exc!r}")
                 finally:
                     self._inflight = None
+                    if self.on_commit is not None:
+                        nbytes = sum(len(update) for _, update in batch.items)
+                        # A metrics bug must never keep waiters from hearing about their batch.
+                        with contextlib.suppress(Exception):
+                            self.on_commit(
+                                time.perf_counter() - started, len(batch.items), nbytes, batch.error
+                            )
                     batch.done.set()
         finally:
             self._stopped = True
