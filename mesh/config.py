@@ -78,6 +78,7 @@ class MeshConfig:
     leave_timeout: float = 2.0  # how long a graceful leave may spend telling peers
     commit_timeout: float = 10.0  # default timeout of commit(replicas=...)
     split_brain: str = "majority"  # or "availability" (see gossip.quorum)
+    ready_lag: float = 2.0  # /readyz: seconds behind peers that still count as ready
     _keyring: Keyring | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +119,7 @@ class MeshConfig:
             raise LocalError("replication must be a ReplicationConfig")
         if self.transport is not None and not isinstance(self.transport, TransportConfig):
             raise LocalError("transport must be a TransportConfig")
-        for name in ("leave_timeout", "commit_timeout"):
+        for name in ("leave_timeout", "commit_timeout", "ready_lag"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise LocalError(f"{name} must be a number of seconds, got {value!r}")

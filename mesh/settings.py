@@ -116,6 +116,7 @@ class PeerSettings:
             "seed": self.seed,
             "commit_timeout": self.commit_timeout,
             "leave_timeout": self.leave_timeout,
+            "ready_lag": self.ready_lag,
         }
         if self.listen is not None:
             kwargs["listen"] = self.listen
