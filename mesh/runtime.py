@@ -79,6 +79,7 @@ from gossip.replication import ReplicaAcked
 from gossip.seal import FrameCodec, Sealer
 from mesh.config import MeshConfig
 from mesh.failover import Failover
+from mesh.ops import Operations
 from mesh.replica_store import CLIENT_ID_POOL, DurableReplica
 from mesh.storage import AsyncStore, Pending
 from mesh.transport import Transport, parse_address
@@ -169,7 +170,17 @@ class Session:
     ) -> list[str]:
         """Wait until the writes so far are durable here (and on `replicas` peers); see module doc."""
         self.mesh._authorize_write(self.doc_id)
-        return await self.mesh.commit(self.doc_id, replicas=replicas, timeout=timeout)
+        ops = self.mesh.ops
+        if ops is None:
+            return await self.mesh.commit(self.doc_id, replicas=replicas, timeout=timeout)
+        started = trio.current_time()
+        try:
+            holders = await self.mesh.commit(self.doc_id, replicas=replicas, timeout=timeout)
+        except CommitTimeout:
+            ops.commit_observed(replicas, trio.current_time() - started, False)
+            raise
+        ops.commit_observed(replicas, trio.current_time() - started, True)
+        return holders
 
     def fingerprint(self) -> str:
         """The convergence fingerprint (hex) of this session's document."""
@@ -237,6 +248,7 @@ class Mesh:
         self._nursery: trio.Nursery | None = None
         self.storage_error: StorageError | None = None
         self.failover: Failover | None = None  # made by _start (mesh.failover)
+        self.ops: Operations | None = None  # made by _start (mesh.ops: health, metrics)
 
     # --- public API ---------------------------------------------------------------------
 
@@ -490,6 +502,9 @@ class Mesh:
         nursery.start_soon(self._durable_loop)
         nursery.start_soon(self._pool_loop)
         await nursery.start(self.failover.run)
+        self.ops = Operations(self)
+        self.store.on_commit = self.ops.store_committed
+        await nursery.start(self.ops.run)
         self._emit(self.node.start(trio.current_time(), self.config.seeds))
         if self.config.http is not None:
             from mesh.http import serve_http
@@ -537,6 +552,8 @@ class Mesh:
                 except LocalError:
                     self.stats["pack_errors"] += 1
                     continue
+                if self.ops is not None:
+                    self.ops.frame_sent(env.messages, len(frame))
                 try:
                     if len(frame) <= _DATAGRAM_MAX and any(
                         isinstance(m, _PROBE_TYPES) for m in env.messages
@@ -664,6 +681,8 @@ class Mesh:
                 env = codec.unpack(time.time(), frame)
             except BadFrame:
                 continue  # counted by the codec, by reason
+            if self.ops is not None:
+                self.ops.frame_received(env.messages, len(frame))
             try:
                 out = node.receive(trio.current_time(), env)
             except LocalError:
