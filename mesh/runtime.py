@@ -73,7 +73,7 @@ from gossip.events import (
     MemberSuspected,
     MemberUpdated,
 )
-from gossip.messages import Ack, Nack, Ping, PingReq
+from gossip.messages import Ack, Envelope, MemberUpdate, Nack, Ping, PingReq
 from gossip.node import Node, Output
 from gossip.replication import ReplicaAcked
 from gossip.seal import FrameCodec, Sealer
@@ -244,6 +244,9 @@ class Mesh:
         self._pump_wake = trio.Event()
         self._timer_wake = trio.Event()
         self._acks_changed = trio.Event()
+        # Committers wait on their document's event: an ack for one document must not wake
+        # every waiting committer (with many concurrent sessions that herd cost most CPU).
+        self._doc_acks: dict[str, trio.Event] = {}
         self._pool_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.storage_error: StorageError | None = None
@@ -358,7 +361,9 @@ class Mesh:
                 want = f"{replicas} replicas (have {len(holders)}: {holders})"
             if self._closed:
                 raise Closed("the mesh closed while a commit was waiting")
-            changed = self._acks_changed
+            changed = self._doc_acks.get(doc_id)
+            if changed is None:
+                changed = self._doc_acks[doc_id] = trio.Event()
             with trio.move_on_at(min(deadline, nudge_at)):
                 await changed.wait()
             now = trio.current_time()
@@ -533,7 +538,7 @@ class Mesh:
             # Durable vectors of the last writes, for anyone waiting on them.
             await self._settle_durable()
         self._closed = True
-        self._acks_changed.set()
+        self._wake_committers()
         self.replica.close()
         for sub in self._subscribers:
             sub._close()
@@ -568,11 +573,49 @@ class Mesh:
             self._on_event(event)
         self._timer_wake.set()
 
+    def _emit_all(self, outputs: list[Output]) -> None:
+        """Emit outputs made at one instant with one frame per destination, not one each."""
+        if len(outputs) <= 1:
+            for out in outputs:
+                self._emit(out)
+            return
+        # Many concurrent writers make many updates per pump: a frame (seal, syscall,
+        # unseal) each costs more than the updates themselves. The replicator already
+        # keeps what it sends to one destination at one `now` under the frame budget.
+        groups: dict[str, list[Envelope]] = {}
+        events: list[object] = []
+        for out in outputs:
+            events.extend(out.events)
+            for address, env in out.sends:
+                groups.setdefault(address, []).append(env)
+        sends = []
+        for address, envs in groups.items():
+            if len(envs) == 1:
+                sends.append((address, envs[0]))
+                continue
+            msgs: list[object] = []
+            seen: set[object] = set()
+            for env in envs:
+                for msg in env.messages:
+                    if isinstance(msg, MemberUpdate):
+                        # Every envelope piggybacks the same pending rumours: keep one.
+                        if msg in seen:
+                            continue
+                        seen.add(msg)
+                    msgs.append(msg)
+            last = envs[-1]
+            sends.append(
+                (address, Envelope(last.sender, last.sender_address, last.incarnation, tuple(msgs)))
+            )
+        self._emit(Output(sends, events))
+
     def _on_event(self, event: object) -> None:
         if self.failover is not None:
             self.failover.on_event(event)
         if isinstance(event, ReplicaAcked):
-            self._wake_committers()
+            waiters = self._doc_acks.pop(event.doc_id, None)
+            if waiters is not None:
+                waiters.set()
             return
         if isinstance(event, MEMBERSHIP_EVENTS):
             if isinstance(event, MemberReaped):
@@ -595,6 +638,9 @@ class Mesh:
     def _wake_committers(self) -> None:
         self._acks_changed.set()
         self._acks_changed = trio.Event()
+        for waiters in self._doc_acks.values():
+            waiters.set()
+        self._doc_acks.clear()
 
     def _publish(self, event: object) -> None:
         if self._subscribers:
@@ -612,16 +658,18 @@ class Mesh:
         now = trio.current_time()
         last: dict[str, Pending] = {}
         published: set[tuple[str, bool]] = set()
+        outputs: list[Output] = []
         for change, pending in items:
             doc_id = change.doc_id
             last[doc_id] = pending
             if change.local:
                 self._last_local[doc_id] = change.update
             if change.local and not self.node.left:
-                self._emit(self.node.local_update(now, doc_id, change.update))
+                outputs.append(self.node.local_update(now, doc_id, change.update))
             if doc_id.startswith(SESSION_PREFIX) and (doc_id, change.local) not in published:
                 published.add((doc_id, change.local))
                 self._publish(SessionChanged(doc_id[len(SESSION_PREFIX) :], change.local))
+        self._emit_all(outputs)
         for doc_id, pending in last.items():
             self._last_pending[doc_id] = pending
             self._durable_queue.append((pending, doc_id, self.replica.state_vector(doc_id)))
@@ -660,8 +708,7 @@ class Mesh:
                 self.storage_error = pending.batch.error  # type: ignore[assignment]
         if docs:
             now = trio.current_time()
-            for doc_id in docs:
-                self._emit(self.node.on_durable(now, doc_id))
+            self._emit_all([self.node.on_durable(now, doc_id) for doc_id in docs])
 
     async def _durable_loop(self) -> None:
         while True:
