@@ -8,12 +8,14 @@
         await session.commit(replicas=1, timeout=5)
 
 Submodules: `config` (MeshConfig), `runtime` (Mesh, Session, open_mesh, events),
-`replica_store` (the durable ReplicaPort), `http` (/status), `asyncio_bridge`
+`replica_store` (the durable ReplicaPort), `http` (/status), `ops` (health, metrics,
+config and secrets: `mesh.ops`, `ConfigChanged` events), `asyncio_bridge`
 (AsyncioMesh for asyncio programs), `storage`, `transport`, `discovery`, `hosts`.
 Importing this package imports trio but starts nothing.
 """
 
 from mesh.config import MeshConfig
+from mesh.ops import ConfigChanged
 from mesh.runtime import (
     MemberAlive,
     MemberDead,
@@ -30,6 +32,7 @@ from mesh.runtime import (
 )
 
 __all__ = [
+    "ConfigChanged",
     "MemberAlive",
     "MemberDead",
     "MemberJoined",
