@@ -73,12 +73,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 class Peer:
     """One child process and the thread that reads its JSON lines into the shared queue."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, events: queue.Queue) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log: Path,
+        events: queue.Queue,
+        popen: Any = subprocess.Popen,
+    ) -> None:
         self.name = name
         self.log = open(log, "wb")  # noqa: SIM115 (closed in stop)
         # A session of its own: a Ctrl-C at the terminal reaches the demo only, which then
         # stops the peers itself (and reports nothing half-done as a takeover).
-        self.proc = subprocess.Popen(
+        self.proc = popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from crdt_types.errors import CommitTimeout, NotOwner, StatemeshError
+from crdt_types.fingerprint import fingerprint_hex
 from gossip.events import (
     MemberAlive,
     MemberDead,
@@ -96,13 +97,8 @@ def config_from(args: argparse.Namespace):
     )
 
 
-async def run_script(mesh: Any, session_id: str, speed: float, wait_go: bool = False) -> None:
+async def run_script(mesh: Any, session_id: str, speed: float) -> None:
     """Drive the scripted conversation on `session_id`, reporting each acknowledged step."""
-    if wait_go:
-        # The orchestrator says go once every peer has settled its membership.
-        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-        if line.strip() != "go":
-            return
     session = await mesh.session(session_id)
     say("opened", session=session_id, owner=mesh.owner_of(session_id))
     mesh.cluster.set("model.name", "demo-llm-7b", by=mesh.node_id)
@@ -210,12 +206,76 @@ async def main(args: argparse.Namespace) -> None:
                             report(ev)
 
                 nursery.start_soon(events)
-                if args.agent:
-                    nursery.start_soon(run_script, mesh, args.agent, args.speed, args.wait_go)
+                if args.agent and not args.wait_go:
+                    nursery.start_soon(run_script, mesh, args.agent, args.speed)
+                if args.wait_go or args.commands:
+                    nursery.start_soon(commands, mesh, args, nursery)
                 async for _ in signals:
                     break
                 nursery.cancel_scope.cancel()
     say("stopped", node=args.node)
+
+
+async def commands(mesh: Any, args: argparse.Namespace, nursery: trio.Nursery) -> None:
+    """Obey one command per stdin line (see `command`) until stdin closes."""
+    stream = trio.lowlevel.FdStream(os.dup(0))
+    buffer = b""
+    async with stream:
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                words = line.decode("utf-8", "replace").split()
+                if words:
+                    nursery.start_soon(command, mesh, args, words)
+
+
+async def command(mesh: Any, args: argparse.Namespace, words: list[str]) -> None:
+    """`go` (run the script), `open S`, `write S TEXT [REPLICAS]`, `summary S`."""
+    verb, rest = words[0], words[1:]
+    try:
+        if verb == "go" and args.agent:
+            await run_script(mesh, args.agent, args.speed)
+        elif verb == "open" and len(rest) == 1:
+            await mesh.session(rest[0])
+            say("opened", session=rest[0], owner=mesh.owner_of(rest[0]))
+        elif verb == "write" and len(rest) in (2, 3):
+            session = await mesh.session(rest[0])
+            replicas = int(rest[2]) if len(rest) == 3 else 1
+            try:
+                session.state.append_message("agent", rest[1])
+                holders = await session.commit(replicas=replicas, timeout=5)
+            except (NotOwner, CommitTimeout) as exc:
+                say("wrote", session=rest[0], text=rest[1], ok=False, error=type(exc).__name__)
+                return
+            say(
+                "wrote",
+                session=rest[0],
+                text=rest[1],
+                ok=True,
+                holders=holders,
+                fingerprint=session.fingerprint(),
+            )
+        elif verb == "status" and not rest:
+            st = mesh.status()
+            alive = sorted(m["node"] for m in st["members"] if m["state"] == "alive")
+            say("status", alive=alive, stable=st.get("stable"), owners=st.get("owners"))
+        elif verb == "summary" and len(rest) == 1:
+            state = mesh.read_session(rest[0])
+            say(
+                "summary",
+                session=rest[0],
+                owner=mesh.owner_of(rest[0]),
+                summary=None if state is None else summary(state),
+                fingerprint=None if state is None else fingerprint_hex(state.doc),
+            )
+        else:
+            say("bad_command", words=words)
+    except StatemeshError as exc:
+        say("command_failed", words=words, error=f"{type(exc).__name__}: {exc}")
 
 
 def report(ev: object) -> None:
@@ -253,6 +313,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split-brain", default="majority", choices=("majority", "availability"))
     p.add_argument("--agent", metavar="SESSION", help="run the scripted agent on SESSION")
     p.add_argument("--wait-go", action="store_true", help="start the script on 'go' (stdin)")
+    p.add_argument("--commands", action="store_true", help="obey commands on stdin")
     p.add_argument("--speed", type=float, default=SPEED_DEFAULT, help="seconds between steps")
     return p
 

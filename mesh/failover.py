@@ -172,6 +172,7 @@ class Failover:
         self._started_at = math.inf
         self.last_error: str | None = None
         self._waiting_quorum = False
+        self._first_step = True
         # The table is created on the first claim, so a fresh node holds no documents.
         # A restart: what our disk says we own is not ours to write until confirmed.
         table = mesh.ownership if OWNERSHIP in mesh.replica else None
@@ -331,6 +332,7 @@ class Failover:
             mesh._pump()
         for ev in decision.events:
             self._on_decision_event(ev)
+        self._first_step = False
         self._save_stable()
 
     def _on_decision_event(self, ev: object) -> None:
@@ -340,13 +342,19 @@ class Failover:
         if isinstance(ev, OwnerChanged):
             if ev.owner == self.me:
                 self._mine[ev.workload] = ev.epoch
+                # Given to us: a takeover or a hand-off. A previous owner we never saw (both
+                # claims merged between two steps) still shows in the epoch; what our own
+                # table said at start (a restart) is not a takeover.
+                given = ev.previous_owner is not None or (ev.epoch > 1 and not self._first_step)
                 if (
-                    ev.previous_owner is not None
+                    given
                     and ev.previous_owner != self.me
                     and ev.workload.startswith(SESSION_PREFIX)
                     and nursery is not None
                 ):
-                    nursery.start_soon(self._takeover, ev.workload, ev.previous_owner, ev.epoch)
+                    nursery.start_soon(
+                        self._takeover, ev.workload, ev.previous_owner or "", ev.epoch
+                    )
         elif isinstance(ev, WorkloadFenced):
             mesh.stats["fenced"] += 1
         elif (

@@ -1,0 +1,223 @@
+"""mesh.failover in one process: ownership, NotOwner/Fenced, owner_of, events, hand-off.
+
+Real meshes on loopback (real sockets, real SQLite files) in one trio run. What needs a
+process killed with SIGKILL or a network partition is in `test_failover_netns.py`.
+Randomness is seeded (`SEED`); every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import trio
+
+from crdt_types.errors import Fenced, LocalError, NotOwner
+from gossip.events import MemberDead, MemberLeft, OwnerChanged, StandbyAssigned, WorkloadFenced
+from mesh import MeshConfig, open_mesh
+from mesh.failover import STABLE_FILE, SessionTakenOver
+
+SEED = 5150
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def config(tmp_path, name: str, *, seeds=(), seed: int = 0, **kw) -> MeshConfig:
+    return MeshConfig(
+        node=name,
+        data_dir=tmp_path / name,
+        seeds=list(seeds),
+        seed=SEED + seed,
+        insecure=True,
+        **kw,
+    )
+
+
+async def wait_until(what: str, check, timeout: float = 10.0):
+    with trio.move_on_after(timeout):
+        while True:
+            value = check()
+            if value:
+                return value
+            await trio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what} (seed {SEED})")
+
+
+def alive(mesh) -> set[str]:
+    return {m["node"] for m in mesh.members() if m["state"] == "alive"}
+
+
+@contextlib.asynccontextmanager
+async def nodes(tmp_path, n: int, **kw):
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(open_mesh(config(tmp_path, "n0", **kw)))
+        out = [first]
+        for i in range(1, n):
+            cfg = config(tmp_path, f"n{i}", seeds=[first.address], seed=i, **kw)
+            out.append(await stack.enter_async_context(open_mesh(cfg)))
+        names = {f"n{i}" for i in range(n)}
+        await wait_until("full membership", lambda: all(alive(m) == names for m in out))
+        yield out
+
+
+async def test_opening_claims_and_every_peer_answers_owner_of(tmp_path):
+    async with nodes(tmp_path, 3) as (a, b, c):
+        assert a.owner_of("chat") is None
+        s = await a.session("chat")
+        assert a.owner_of("chat") == "n0"
+        s.state.append_message("user", "hi")
+        await s.commit(replicas=2, timeout=10)
+        await wait_until("claim spread", lambda: b.owner_of("chat") == c.owner_of("chat") == "n0")
+        assert a.status()["owners"] == {"n0": ["chat"]}
+        await wait_until("status owners", lambda: c.status()["owners"] == {"n0": ["chat"]})
+
+
+async def test_writes_to_a_session_owned_elsewhere_raise_not_owner_and_change_nothing(tmp_path):
+    async with nodes(tmp_path, 2) as (a, b):
+        s = await a.session("chat")
+        s.state.append_message("user", "mine")
+        await s.commit(replicas=1, timeout=10)
+        await wait_until("claim spread", lambda: b.owner_of("chat") == "n0")
+        theirs = await b.session("chat")  # opening to read is allowed and claims nothing
+        before = theirs.fingerprint()
+        for write in (
+            lambda st: st.append_message("user", "not mine"),
+            lambda st: st.set_memory("k", 1),
+            lambda st: st.set_cursor(3),
+            lambda st: st.start_tool_call("c", "t", started_by="n1"),
+            lambda st: st.add_rag("x"),
+        ):
+            with pytest.raises(NotOwner) as info:
+                write(theirs.state)
+            assert not isinstance(info.value, Fenced)
+            assert info.value.owner == "n0" and info.value.epoch == 1
+        with pytest.raises(NotOwner):
+            await theirs.commit()
+        assert theirs.fingerprint() == before
+        # Reads are always allowed.
+        assert [m.content for m in theirs.state.messages()] == ["mine"]
+        assert b.owner_of("chat") == "n0"
+
+
+async def test_losing_ownership_fences_writes_and_fires_the_events(tmp_path):
+    async with nodes(tmp_path, 2) as (a, b):
+        async with a.subscribe() as events:
+            s = await a.session("chat")
+            s.state.append_message("user", "one")
+            await s.commit(replicas=1, timeout=10)
+            await wait_until("claim spread", lambda: b.owner_of("chat") == "n0")
+            # Another node wins a higher epoch (what a takeover does).
+            b.ownership.claim("session/chat", "n1", 2)
+            b._pump()
+            await wait_until("fenced", lambda: a.owner_of("chat") == "n1")
+            with pytest.raises(Fenced) as info:
+                s.state.append_message("user", "two")
+            assert info.value.owner == "n1" and info.value.epoch == 2
+            seen = []
+            with trio.move_on_after(5):
+                async for ev in events:
+                    seen.append(ev)
+                    if isinstance(ev, WorkloadFenced):
+                        break
+        assert WorkloadFenced("session/chat", "n1", 2, 1) in seen
+        assert OwnerChanged("session/chat", "n1", 2, "n0") in seen
+        assert a.status()["counters"]["fenced"] == 1
+
+
+async def test_graceful_leave_hands_over_to_the_standby_with_no_dead(tmp_path):
+    called: list[tuple[str, str, list[str]]] = []
+    prewarmed: list[tuple[str, str, str]] = []
+    async with contextlib.AsyncExitStack() as outer:
+        b = await outer.enter_async_context(open_mesh(config(tmp_path, "n1")))
+        c = await outer.enter_async_context(
+            open_mesh(config(tmp_path, "n2", seeds=[b.address], seed=2))
+        )
+        for m in (b, c):
+
+            async def on_takeover(session, pending, m=m):
+                called.append((m.node_id, session.id, [p.idempotency_key for p in pending]))
+
+            async def on_prewarm(session_id, owner, m=m):
+                prewarmed.append((m.node_id, session_id, owner))
+
+            m.on_takeover(on_takeover)
+            m.on_prewarm(on_prewarm)
+        async with b.subscribe() as eb, c.subscribe() as ec:
+            async with open_mesh(config(tmp_path, "n0", seeds=[b.address], seed=0)) as a:
+                names = {"n0", "n1", "n2"}
+                await wait_until("membership", lambda: all(alive(m) == names for m in (a, b, c)))
+                s = await a.session("chat")
+                s.state.append_message("user", "before leaving")
+                s.state.start_tool_call("call-1", "search", started_by="n0", idempotency_key="k1")
+                await s.commit(replicas=2, timeout=10)
+                await wait_until("standby prewarmed", lambda: prewarmed)
+            # Left the block: a left gracefully.
+            await wait_until("handed over", lambda: called)
+            seen = []
+            for sub in (eb, ec):
+                with trio.move_on_after(0.5):
+                    async for ev in sub:
+                        seen.append(ev)
+        standby = prewarmed[0][0]
+        other = ({"n1", "n2"} - {standby}).pop()
+        # The standby of n0, then (once it owns the session) the standby of the new owner.
+        assert prewarmed[0] == (standby, "chat", "n0")
+        assert prewarmed[1:] in ([], [(other, "chat", standby)])
+        assert called == [(standby, "chat", ["k1"])]
+        assert b.owner_of("chat") == c.owner_of("chat") == standby
+        assert any(isinstance(e, MemberLeft) and e.node == "n0" for e in seen)
+        assert not any(isinstance(e, MemberDead) for e in seen)
+        taken = [e for e in seen if isinstance(e, SessionTakenOver)]
+        assert [(e.session_id, e.previous_owner, e.epoch, e.pending) for e in taken] == [
+            ("chat", "n0", 2, ("k1",))
+        ]
+        assert taken[0].covered
+        assert any(isinstance(e, StandbyAssigned) for e in seen)
+
+
+async def test_takeover_handler_errors_are_counted_not_fatal(tmp_path):
+    async with nodes(tmp_path, 2) as (a, b):
+
+        async def broken(session, pending):
+            raise RuntimeError("application bug")
+
+        b.on_takeover(broken)
+        s = await a.session("chat")
+        s.state.append_message("user", "x")
+        await s.commit(replicas=1, timeout=10)
+        await wait_until("claim spread", lambda: b.owner_of("chat") == "n0")
+        a.ownership.claim("session/chat", "n1", 2)  # a hands it over by hand
+        a._pump()
+        await wait_until("handler ran", lambda: b.stats["handler_errors"] == 1)
+        assert b.owner_of("chat") == "n1"
+        s2 = await b.session("chat")
+        s2.state.append_message("assistant", "still working")
+        await s2.commit()
+
+
+async def test_stable_membership_is_persisted_and_restored(tmp_path):
+    async with nodes(tmp_path, 2) as (a, _b):
+        path = tmp_path / "n0" / STABLE_FILE
+        await wait_until("stable adopted", lambda: path.exists(), timeout=15)
+        assert json.loads(path.read_text()) == ["n0", "n1"]
+        assert a.status()["stable"] == ["n0", "n1"]
+    # What a crashed node finds on restart is what it had adopted last.
+    path.write_text(json.dumps(["n0", "n9"]))
+    async with open_mesh(config(tmp_path, "n0")) as a2:
+        assert a2.status()["stable"] == ["n0", "n9"]
+
+
+async def test_bad_input_is_refused_with_a_clear_error(tmp_path):
+    with pytest.raises(LocalError, match="split_brain"):
+        config(tmp_path, "x", split_brain="yolo")
+    (tmp_path / "n0").mkdir()
+    # A damaged stable-membership file is ignored (as if never written), not fatal.
+    (tmp_path / "n0" / STABLE_FILE).write_text("{not json")
+    async with open_mesh(config(tmp_path, "n0")) as a:
+        assert a.status()["stable"] is None
+        with pytest.raises(LocalError, match="async callable"):
+            a.on_takeover("not callable")
+        with pytest.raises(LocalError, match="async callable"):
+            a.on_prewarm(42)
+        assert a.status()["policy"] == "majority"
