@@ -43,6 +43,7 @@ import trio
 from benchmarks._plot import Bars, add_plot_argument, bar_plot, check_plot_path, usage
 from benchmarks._progress import note, phase
 from gossip.config import PROFILES
+from gossip.replication import ReplicationConfig
 
 HELP = "committed session writes/s on a 3-peer loopback mesh per commit level vs raw pycrdt"
 
@@ -62,12 +63,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", default="local", choices=sorted(PROFILES), help="gossip timing profile"
     )
+    parser.add_argument(
+        "--retransmit-mult",
+        type=int,
+        default=ReplicationConfig().retransmit_mult,
+        help="rumour rounds = this * ceil(log10(N + 1)); the default is the runtime's",
+    )
     add_plot_argument(parser, "ops/s per commit level next to raw pycrdt rates")
 
 
 def run(args: argparse.Namespace) -> dict:
     """Measure raw pycrdt, then each commit level on a live 3-peer mesh."""
-    for name in ("ops", "writers", "raw_ops"):
+    for name in ("ops", "writers", "raw_ops", "retransmit_mult"):
         if getattr(args, name) < 1:
             raise usage(SUITE, f"--{name.replace('_', '-')} must be at least 1")
     if not args.timeout > 0:
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         "peers": 3,
         "sealed": True,
         "profile": args.profile,
+        "retransmit_mult": args.retransmit_mult,
         **traffic,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
@@ -154,13 +162,14 @@ async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, dict
     from mesh import MeshConfig, open_mesh
 
     key = secrets.token_bytes(32)  # a generated cluster key, as `statemesh keygen` makes
+    replication = ReplicationConfig(retransmit_mult=args.retransmit_mult)
     rng = random.Random(args.seed)
     async with contextlib.AsyncExitStack() as stack:
         first = await stack.enter_async_context(
             open_mesh(
                 MeshConfig(
                     node="w0", data_dir=root / "w0", key=key, seed=rng.getrandbits(32),
-                    commit_timeout=args.timeout, profile=args.profile,
+                    commit_timeout=args.timeout, profile=args.profile, replication=replication,
                 )
             )
         )  # fmt: skip
@@ -169,6 +178,7 @@ async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, dict
             cfg = MeshConfig(
                 node=f"w{i}", data_dir=root / f"w{i}", key=key, seeds=[first.address],
                 seed=rng.getrandbits(32), commit_timeout=args.timeout, profile=args.profile,
+                replication=replication,
             )  # fmt: skip
             nodes.append(await stack.enter_async_context(open_mesh(cfg)))
         await _await_membership(nodes)

@@ -52,6 +52,7 @@ def test_throughput_commits_at_every_level_and_reports_raw_rates(
         (["--writers", "0"], "--writers must be at least 1"),
         (["--raw-ops", "0"], "--raw-ops must be at least 1"),
         (["--timeout", "0"], "--timeout must be positive"),
+        (["--retransmit-mult", "0"], "--retransmit-mult must be at least 1"),
         (["--dir", "/nonexistent-dir"], "is not a directory"),
         (["--plot", "tp"], "must end in .png"),
     ],
