@@ -45,6 +45,10 @@ def test_torn_wal_tail_opens_cleanly_and_keeps_a_prefix(tmp_path: Path) -> None:
         full = {d: whole.last_seq(d) for d in whole.documents()}
     rng = random.Random(seed)
     size = wal.stat().st_size
+    if size >= 1000 * 4096:
+        # SQLite may have copied frames into the file already (autocheckpoint at 1000
+        # pages); cutting those frames away is not a torn tail but lost history.
+        pytest.skip(f"WAL of {size} bytes passed the autocheckpoint size")
     for cut in sorted({rng.randrange(1, size) for _ in range(4)} | {size - 1}):
         copy = tmp_path / f"cut{cut}"
         shutil.copytree(data, copy)
@@ -62,21 +66,25 @@ def test_torn_wal_tail_opens_cleanly_and_keeps_a_prefix(tmp_path: Path) -> None:
 def test_torn_main_file_is_reported(tmp_path: Path) -> None:
     data, _ = _killed_writer_dir(tmp_path, 11)
     with sqlite3.connect(data / DB_NAME) as conn:
+        # No free pages (VACUUM) and everything in the main file: the cut removes live data.
+        conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db = data / DB_NAME
     size = db.stat().st_size
-    with open(db, "r+b") as f:
-        f.truncate(size - 4096 if size > 8192 else size // 2)
-    try:
-        store = Store.open(data)
-    except StorageError as exc:
-        assert "damaged" in str(exc) or str(db) in str(exc)
-        return
-    with store:
-        report = store.verify()
-        assert not report.ok
-        problems = list(report.errors) + [d.error for d in report.documents if d.error]
-        assert problems
+    for cut in (4096, size // 2):
+        torn = tmp_path / f"torn{cut}"
+        shutil.copytree(data, torn)
+        with open(torn / DB_NAME, "r+b") as f:
+            f.truncate(size - cut)
+        try:
+            store = Store.open(torn)
+        except StorageError as exc:
+            assert "damaged" in str(exc), exc
+            continue
+        with store:
+            report = store.verify()
+            problems = list(report.errors) + [d.error for d in report.documents if d.error]
+            assert not report.ok and problems, f"cut {cut}: a torn file verified as sound"
 
 
 def test_flipped_bytes_after_a_crash_are_detected_with_document_and_record(
