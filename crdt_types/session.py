@@ -72,6 +72,7 @@ ROOTS = {
 # A cursor read looks back at most this far for a well-formed entry.
 _CURSOR_LOOKBACK = 16
 _MAX_ID = 256
+_MAX_SESSION_ID_BYTES = 256 - len("session/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,10 @@ class Cursor:
 def check_session_id(session_id: Any) -> str:
     """Raise `InvalidValue` unless `session_id` is usable in `session/<id>`."""
     check_name(session_id, "session id", max_len=_MAX_ID)
+    # Its document id, "session/<id>", must fit the store's 256-byte limit on document ids:
+    # a longer one would be claimed in the ownership table and then fail to be logged.
+    if len(session_id.encode("utf-8")) > _MAX_SESSION_ID_BYTES:
+        raise InvalidValue(f"session id is longer than {_MAX_SESSION_ID_BYTES} bytes of UTF-8")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in session_id):
         raise InvalidValue(f"session id {session_id!r} contains control characters")
     return session_id

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 
 import pycrdt
 
-from crdt_types.errors import LocalError, RemoteError
+from crdt_types.errors import InvalidValue, LocalError, RemoteError
 from crdt_types.fingerprint import fingerprint as _fingerprint
 from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE
-from mesh.storage import AsyncStore, Pending
+from mesh.storage import MAX_UPDATE_BYTES, AsyncStore, Pending
+from mesh.storage import _check_doc_id as check_doc_id
 
 __all__ = ["Change", "DurableReplica"]
 
@@ -172,9 +173,18 @@ class DurableReplica:
         """Integrate a remote update (logged as remote); True if the content changed."""
         if not isinstance(doc_id, str) or not doc_id:
             raise RemoteError(f"document id must be a non-empty string, not {doc_id!r}")
+        if len(update) > MAX_UPDATE_BYTES:
+            # The store would refuse to log it, after the document had already changed.
+            raise RemoteError(f"document {doc_id!r}: update of {len(update)} bytes is too big")
         doc = self._docs.get(doc_id)
         fresh = doc is None
         if fresh:
+            # An id the store cannot log (too long, NUL) must be refused before the
+            # document exists: logging it later would fail outside any peer's message.
+            try:
+                check_doc_id(doc_id)
+            except InvalidValue as exc:
+                raise RemoteError(f"document id {doc_id!r:.80}: {exc}") from None
             # Try the update on a scratch document first: garbage must not leave an
             # empty document behind.
             try:

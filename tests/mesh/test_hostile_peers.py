@@ -1,0 +1,399 @@
+"""Hostile peers against real nodes: outsiders, authenticated vandals, slow and silent sockets.
+
+* Outsiders (no key, the cluster's old removed key, another cluster's name) run as real
+  processes next to two real `statemesh peer` processes on loopback. Each outsider writes
+  a session of its own and keeps knocking for a few seconds. Afterwards both sides are read
+  over HTTP (`/status`, `/documents`): the cluster saw refusals counted by reason and
+  nothing else; the outsiders learned no member and no document.
+* An authenticated peer sending messages the store cannot log (document ids too long or
+  with NUL) must be refused, not crash the node (it did: the store raised inside the
+  receive loop and took the whole node down).
+* Raw TCP clients that connect and say nothing, trickle a byte at a time, or declare a
+  huge frame and stall are cut by the transport's timeouts while the node keeps serving
+  a real peer; embedded through `open_mesh` because `statemesh peer` has no flags for
+  transport timeouts.
+* API misuse gets the documented error and changes nothing.
+
+Protocol randomness is seeded (`SEED`); every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pycrdt
+import pytest
+import trio
+
+from crdt_types.errors import (
+    Closed,
+    InvalidValue,
+    LocalError,
+    NotOwner,
+    StorageError,
+)
+from gossip.framing import frame as length_prefixed
+from gossip.keyring import Keyring, write_key_file
+from gossip.messages import DocUpdate, Envelope, MemberUpdate
+from gossip.seal import FrameCodec, Sealer
+from mesh import MeshConfig, open_mesh
+from mesh.transport import TransportConfig
+from tests.cli.test_peer import Peer, wait_for
+
+SEED = 20261202
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _get(peer: Peer, path: str) -> dict:
+    with urllib.request.urlopen(f"http://{peer.ready['http']}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+_WRITER = """
+import json, sys, trio
+from mesh import MeshConfig, open_mesh
+name, data, seed, key, cluster, insecure, seconds = sys.argv[1:8]
+async def main():
+    cfg = MeshConfig(node=name, data_dir=data, seeds=[seed], cluster=cluster,
+                     key=None if insecure == "1" else key, insecure=insecure == "1",
+                     seed=int(sys.argv[8]), mdns=False)
+    async with open_mesh(cfg) as m:
+        s = await m.session(name + "-session")
+        s.state.set_memory("written_by", name)
+        if name == "writer":
+            peers = await s.commit(replicas=2, timeout=20)
+        else:
+            await s.commit()
+            peers = []
+            await trio.sleep(float(seconds))
+        print(json.dumps({"peers": peers, "members": m.members(), "sessions": m.sessions(),
+                          "rejected": dict(m.codec.rejected)}))
+trio.run(main)
+"""
+
+
+def _embedded(tmp_path, name, seed_address, *, key="", cluster="statemesh", seconds=0.0, n=0):
+    args = [
+        name,
+        str(tmp_path / name),
+        seed_address,
+        str(key),
+        cluster,
+        "0" if key else "1",
+        str(seconds),
+        str(SEED + n),
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_outsiders_learn_nothing_and_change_nothing(tmp_path):
+    old, new = tmp_path / "old.key", tmp_path / "new.key"
+    write_key_file(old, os.urandom(32))
+    write_key_file(new, os.urandom(32))  # the cluster rotated: `old` was removed
+
+    def args(name, *extra):
+        return [
+            "--node", name, "--data", str(tmp_path / name), "--listen", "127.0.0.1:0",
+            "--http", "127.0.0.1:0", "--no-mdns", "--key-file", str(new), *extra,
+        ]  # fmt: skip
+
+    made: list[Peer] = []
+    procs: list[subprocess.Popen] = []
+    try:
+        a = Peer(*args("a"))
+        made.append(a)
+        b = Peer(*args("b", "--join", a.ready["address"]))
+        made.append(b)
+        wait_for(lambda: {"a", "b"} <= {m["node"] for m in a.status()["members"]})
+        writer = _embedded(tmp_path, "writer", a.ready["address"], key=new)
+        procs.append(writer)
+        out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err
+        assert sorted(json.loads(out)["peers"]) == ["a", "b"]
+        wait_for(lambda: _get(a, "/documents") == _get(b, "/documents"))
+        docs_before = _get(a, "/documents")
+        assert "session/writer-session" in docs_before
+
+        # Outsiders knock on both peers for a few seconds, each writing a session.
+        outsiders = {
+            "nokey": {},  # insecure: frames without any key
+            "oldkey": {"key": old},
+            "othercluster": {"key": new, "cluster": "elsewhere"},
+        }
+        running = {}
+        for i, (name, kw) in enumerate(outsiders.items()):
+            target = (a if i % 2 == 0 else b).ready["address"]
+            running[name] = _embedded(tmp_path, name, target, seconds=3.0, n=i + 1, **kw)
+            procs.append(running[name])
+        seen = {}
+        for name, proc in running.items():
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, (name, err)
+            seen[name] = json.loads(out)
+
+        # The cluster: refusals counted by reason, membership and documents untouched.
+        bad = {}
+        for peer in (a, b):
+            status = peer.status()
+            names = {m["node"] for m in status["members"]}
+            assert names <= {"a", "b", "writer"}, (peer.ready["node"], names)
+            assert _get(peer, "/documents") == docs_before
+            for reason, count in status["bad_frames"].items():
+                bad[reason] = bad.get(reason, 0) + count
+        assert bad.get("insecure", 0) > 0, bad
+        assert bad.get("unknown_key", 0) > 0, bad
+        assert bad.get("cluster", 0) > 0, bad
+        assert {m["node"]: m["state"] for m in a.status()["members"]}["b"] == "alive"
+
+        # The outsiders: they know nobody and hold nothing but their own session.
+        for name, report in seen.items():
+            assert [m["node"] for m in report["members"]] == [name], (name, report)
+            assert report["sessions"] == [f"{name}-session"], (name, report)
+            # ...and they saw the cluster's answers (if any) refused the same way.
+            assert set(report["rejected"]) <= {"insecure", "unknown_key", "cluster"}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        for peer in made:
+            peer.stop_hard()
+
+
+# --- an authenticated vandal -----------------------------------------------------------------
+
+
+async def wait_until(what: str, check, timeout: float = 10.0):
+    with trio.move_on_after(timeout):
+        while True:
+            value = check()
+            if value:
+                return value
+            await trio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what} (seed {SEED})")
+
+
+def _cfg(tmp_path, name, *, seeds=(), n=0, **kw) -> MeshConfig:
+    return MeshConfig(
+        node=name,
+        data_dir=tmp_path / name,
+        seeds=list(seeds),
+        seed=SEED + n,
+        mdns=False,
+        **kw,
+    )
+
+
+class Vandal:
+    """An authenticated sender of hand-made envelopes over one raw TCP connection."""
+
+    def __init__(self, keyring: Keyring, target: str) -> None:
+        self.codec = FrameCodec(Sealer("statemesh", keyring, "vandal", secrets.randbits(64)))
+        host, port = target.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=5)
+
+    def send(self, *msgs: object) -> None:
+        env = Envelope("vandal", "127.0.0.1:9", 0, tuple(msgs))
+        self.sock.sendall(length_prefixed(self.codec.pack(time.time(), env)))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _update(key: str) -> bytes:
+    doc = pycrdt.Doc(client_id=4242)
+    with doc.transaction():
+        doc.get("data", type=pycrdt.Map)[key] = "x"
+    return doc.get_update()
+
+
+async def test_document_ids_the_store_cannot_log_are_refused_not_fatal(tmp_path):
+    key = Keyring([os.urandom(32)])
+    async with (
+        open_mesh(_cfg(tmp_path, "v", key=key)) as v,
+        open_mesh(_cfg(tmp_path, "w", seeds=[v.address], n=1, key=key)) as w,
+    ):
+        await wait_until("join", lambda: len(v.node.membership.live_members()) == 1)
+        vandal = Vandal(key, v.address)
+        try:
+            # Before the fix the first of these crashed node v: the store refused the
+            # id inside the receive loop. Well-formed ids in the same frame still land.
+            vandal.send(
+                DocUpdate("x" * 300, _update("a")),
+                DocUpdate("nul\x00id", _update("b")),
+                DocUpdate("session/fine", _update("c")),
+            )
+            await wait_until("refusal", lambda: v.node.replicator.stats.rejected >= 2)
+            await wait_until("good update", lambda: v.has_session("fine"))
+        finally:
+            vandal.close()
+        assert not any(len(d) > 256 or "\x00" in d for d in v.documents())
+        # The node still serves its peers, durably.
+        s = await w.session("after")
+        s.state.set_memory("k", "v")
+        assert await s.commit(replicas=1, timeout=10) == ["v"]
+    # And what it logged loads again: nothing unloggable reached the disk.
+    async with open_mesh(_cfg(tmp_path, "v", key=key)) as v2:
+        assert v2.has_session("fine") and v2.has_session("after")
+
+
+async def test_forged_rumours_about_a_live_node_do_not_kill_it(tmp_path):
+    key = Keyring([os.urandom(32)])
+    async with (
+        open_mesh(_cfg(tmp_path, "v", key=key)) as v,
+        open_mesh(_cfg(tmp_path, "w", seeds=[v.address], n=1, key=key)) as w,
+    ):
+        await wait_until("join", lambda: len(w.node.membership.live_members()) == 1)
+        vandal = Vandal(key, w.address)
+        try:
+            inc = v.node.membership.incarnation
+            vandal.send(
+                MemberUpdate("v", v.address, inc + 3, "dead", "vandal"),
+                MemberUpdate("v", v.address, 2**63 - 1, "dead", "vandal"),
+            )
+            # w may briefly believe the forged verdict; v hears it and refutes.
+            await wait_until(
+                "refutation",
+                lambda: (
+                    v.node.membership.incarnation > inc + 3
+                    and w.node.membership.state_of("v") == "alive"
+                ),
+            )
+        finally:
+            vandal.close()
+        assert w.stats["refused_messages"] >= 1  # the unrefutable one
+        s = await v.session("still-here")
+        s.state.set_memory("k", 1)
+        assert await s.commit(replicas=1, timeout=10) == ["w"]
+
+
+# --- silent and slow sockets -------------------------------------------------------------------
+
+SHORT = TransportConfig(idle_timeout=0.5, frame_timeout=0.8, max_inbound_connections=16)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset: cut just the same
+
+
+async def test_silent_trickling_and_stalled_clients_are_cut_while_peers_are_served(tmp_path):
+    async with open_mesh(_cfg(tmp_path, "v", insecure=True, transport=SHORT)) as v:
+        host, port = v.address.rsplit(":", 1)
+        stats = v.transport.stats
+        hostile: dict[str, list[socket.socket]] = {"silent": [], "trickle": [], "stalled": []}
+        for kind, socks in hostile.items():
+            for _ in range(4):
+                sock = socket.create_connection((host, int(port)), timeout=5)
+                sock.setblocking(False)
+                socks.append(sock)
+                if kind == "stalled":
+                    # Declares a maximum frame, sends a little of it, then nothing.
+                    sock.send((1 << 20).to_bytes(4, "big") + b"x" * 100)
+        try:
+            async with open_mesh(
+                _cfg(tmp_path, "w", seeds=[v.address], n=1, insecure=True, transport=SHORT)
+            ) as w:
+                await wait_until("join", lambda: len(v.node.membership.live_members()) == 1)
+                s = await w.session("served")
+                t_end = trio.current_time() + 10
+                written = 0
+                # One byte every 0.3 s: always "active", never a frame, for 10 s at most.
+                while trio.current_time() < t_end:
+                    for sock in hostile["trickle"]:
+                        with contextlib.suppress(OSError):
+                            sock.send(b"\x00")
+                    s.state.set_memory("n", written)
+                    written += 1
+                    assert await s.commit(replicas=1, timeout=10) == ["v"]
+                    if all(_closed_by_peer(x) for socks in hostile.values() for x in socks):
+                        break
+                    await trio.sleep(0.3)
+                else:
+                    raise AssertionError(f"hostile clients not all cut: {stats.connections_cut}")
+                assert v.read_session("served").get_memory("n") == written - 1
+            cut = stats.connections_cut
+            assert cut["idle_timeout"] >= 4, cut  # the silent ones
+            assert cut["frame_timeout"] >= 8, cut  # trickling and stalled frames
+            # Memory: nothing of theirs is held once they are cut.
+            await wait_until("inbound drained", lambda: v.transport.connections["inbound"] == 0)
+            assert v.transport.queued_bytes == 0
+        finally:
+            for socks in hostile.values():
+                for sock in socks:
+                    sock.close()
+
+
+async def test_connections_beyond_the_inbound_limit_are_refused_at_once(tmp_path):
+    cfg = TransportConfig(idle_timeout=5.0, frame_timeout=5.0, max_inbound_connections=4)
+    async with open_mesh(_cfg(tmp_path, "v", insecure=True, transport=cfg)) as v:
+        host, port = v.address.rsplit(":", 1)
+        # trio streams: a blocking connect here would stall the node's own accept loop.
+        streams = [await trio.open_tcp_stream(host, int(port)) for _ in range(10)]
+        try:
+            await wait_until(
+                "refusals", lambda: v.transport.stats.connections_cut["max_inbound"] >= 6
+            )
+            assert v.transport.connections["inbound"] <= 4
+        finally:
+            for stream in streams:
+                await trio.aclose_forcefully(stream)
+
+
+# --- API misuse ----------------------------------------------------------------------------------
+
+
+async def test_api_misuse_gets_clear_errors_and_changes_nothing(tmp_path):
+    async with open_mesh(_cfg(tmp_path, "a", insecure=True)) as a:
+        s = await a.session("mine")
+        s.state.set_memory("k", "v")
+        await s.commit()
+        fp = s.fingerprint()
+        for bad in (2**64, float("nan"), object(), "x" * (10 << 20)):
+            with pytest.raises(InvalidValue):
+                s.state.set_memory("bad", bad)
+        for kwargs in ({"replicas": -1}, {"replicas": "most"}, {"timeout": 0}, {"timeout": "1"}):
+            with pytest.raises(LocalError):
+                await s.commit(**kwargs)
+        # Session ids whose document id the store cannot log ("session/" + 249 bytes) were
+        # claimed in the ownership table before failing: refused up front now.
+        for sid in ("", "x" * 249, "é" * 125, 7, "ctl\x01"):
+            with pytest.raises(InvalidValue):
+                await a.session(sid)
+        assert (await a.session("x" * 248)).id == "x" * 248
+        assert sorted(a.ownership.to_dict()) == ["session/mine", "session/" + "x" * 248]
+        assert a.stats["pump_errors"] == 0
+        assert s.fingerprint() == fp
+        # A second node on the same data dir: refused while the first holds it.
+        with pytest.raises(StorageError, match="lock|use|open"):
+            async with open_mesh(_cfg(tmp_path, "a", insecure=True, listen="127.0.0.1:0")):
+                pass
+        async with open_mesh(_cfg(tmp_path, "b", seeds=[a.address], n=1, insecure=True)) as b:
+            await wait_until("replica", lambda: b.has_session("mine"))
+            other = await b.session("mine")
+            with pytest.raises(NotOwner) as info:
+                await other.commit()
+            assert info.value.owner == "a"
+    with pytest.raises(Closed):
+        await s.commit()
+    with pytest.raises(Closed):
+        await a.session("late")
