@@ -19,6 +19,7 @@ from crdt_types.errors import CorruptRecord, StorageError
 from mesh.storage import DB_NAME, Store, _state_vector_clients
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_loses_no_acknowledged_write(tmp_path: Path) -> None:
     seed = 20260
     result = run_trials(tmp_path / "node", trials=4, seed=seed, corrupt_every=0)
@@ -114,6 +115,7 @@ def test_flipped_bytes_after_a_crash_are_detected_with_document_and_record(
         assert not store.verify().ok
 
 
+@pytest.mark.slow
 def test_acks_survive_repeated_kills_and_restarts(tmp_path: Path) -> None:
     """Each restart rebuilds the documents with fresh client ids and keeps writing."""
     seed = 99
