@@ -1,0 +1,276 @@
+"""Disk faults under a running node: a full disk during writes, corrupted records, a truncated file.
+
+The promise under test: the node reports the problem (`/readyz` answers 503 with the
+store's reason, the peer says it on stderr), refuses durable acknowledgements it cannot
+honour (`commit` raises `DiskFull` / `StorageError`; peers get no replica ack), and loses
+nothing it acknowledged before (checked after a restart with space again).
+
+The full disk is real: a small tmpfs mounted as the data directory (root only; the test is
+skipped with the reason when mounting fails), unmounted in `finally`. Corruption and
+truncation are done to the real SQLite file between runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+
+from crdt_types.errors import CorruptRecord, DiskFull, StorageError
+from mesh import MeshConfig, open_mesh
+from mesh.storage import DB_NAME, Store
+
+SEED = 20261203
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of `size` mounted at `path` for the block; skip the test if that fails."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a tmpfs mount: run as root")
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def remount(path: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def _cfg(data: Path, name: str = "n", **kw) -> MeshConfig:
+    return MeshConfig(node=name, data_dir=data, insecure=True, seed=SEED, mdns=False, **kw)
+
+
+async def _readyz(mesh) -> tuple[int, dict]:
+    url = f"http://{mesh.http_address}/readyz"
+
+    def get() -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    return await trio.to_thread.run_sync(get)
+
+
+async def test_full_disk_refuses_acks_reports_it_and_loses_nothing_acknowledged(tmp_path):
+    data = tmp_path / "data"
+    with tmpfs(data, "1m"):
+        acked: dict[str, str] = {}
+        refused: list[str] = []
+        async with open_mesh(_cfg(data, http="127.0.0.1:0")) as mesh:
+            s = await mesh.session("busy")
+            status, body = await _readyz(mesh)
+            assert status == 200, body
+            # Fill the disk: every commit that returns is an acknowledgement we must keep.
+            for i in range(400):
+                key, value = f"k{i}", f"{i:04d}" + "v" * 8000
+                s.state.set_memory(key, value)
+                try:
+                    await s.commit()
+                except DiskFull:
+                    refused.append(key)
+                    break
+                acked[key] = value
+            else:
+                raise AssertionError("1 MiB never filled up")
+            assert acked, "the disk was full before anything was written"
+            # Reported: /readyz says why, and further durable acks are still refused.
+            status, body = await _readyz(mesh)
+            assert status == 503 and any("DiskFull" in r for r in body["reasons"]), body
+            s.state.set_memory("while-full", "x" * 8000)
+            with pytest.raises(StorageError):
+                await s.commit()
+            refused.append("while-full")
+            # Space comes back: the node recovers by itself and acknowledges again.
+            remount(data, "64m")
+            s.state.set_memory("after", "room again")
+            await s.commit()
+            acked["after"] = "room again"
+            status, body = await _readyz(mesh)
+            assert status == 200, body
+        # Nothing acknowledged was lost: a restart from the disk holds every acked write.
+        async with open_mesh(_cfg(data)) as again:
+            state = again.read_session("busy")
+            assert state is not None
+            missing = [k for k, v in acked.items() if state.get_memory(k) != v]
+            assert not missing, f"acknowledged writes lost after a full disk: {missing[:5]}"
+
+
+# --- corrupted and truncated files: refuse to run on them, change nothing, keep the rest ----
+
+STATEMESH = [sys.executable, "-m", "cli.main"]
+
+
+def _peer_once(data: Path) -> subprocess.CompletedProcess:
+    args = ["peer", "--node", "n", "--data", str(data), "--listen", "127.0.0.1:0"]
+    return subprocess.run(
+        [*STATEMESH, *args, "--no-mdns", "--insecure"], capture_output=True, text=True, timeout=60
+    )
+
+
+def _files(data: Path) -> list[object]:
+    """The stored history: log, checkpoints and heads (bytes move when SQLite checkpoints
+    its WAL on open, and a start records the client ids it drew: neither is history)."""
+    with contextlib.closing(sqlite3.connect(f"file:{data / DB_NAME}?mode=ro", uri=True)) as db:
+        try:
+            return [
+                db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("log", "checkpoints", "heads")
+            ]
+        except sqlite3.DatabaseError as exc:  # a damaged file: compare its bytes instead
+            return [f"damaged: {exc}", (data / DB_NAME).read_bytes().hex()]
+
+
+async def _write_five(data: Path) -> None:
+    async with open_mesh(_cfg(data)) as mesh:
+        s = await mesh.session("s")
+        for i in range(5):
+            s.state.set_memory(f"k{i}", i)
+            await s.commit()  # one batch, one log record each
+
+
+def _last_records(data: Path, doc_id: str) -> list[int]:
+    with contextlib.closing(sqlite3.connect(data / DB_NAME)) as db:
+        rows = db.execute(
+            "SELECT first_seq FROM log WHERE doc_id = ? ORDER BY first_seq", (doc_id,)
+        )
+        return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize("damage", ["data", "checksum", "missing"])
+async def test_a_corrupted_record_stops_the_peer_with_one_line_and_keeps_what_came_before(
+    tmp_path, damage
+):
+    data = tmp_path / "n"
+    await _write_five(data)
+    seqs = _last_records(data, "session/s")
+    victim = seqs[-2]  # the record holding k3: k4 after it must not be applied alone
+    with contextlib.closing(sqlite3.connect(data / DB_NAME)) as db:
+        where = "WHERE doc_id = 'session/s' AND first_seq = ?"
+        if damage == "data":
+            db.execute(f"UPDATE log SET data = zeroblob(length(data)) {where}", (victim,))
+        elif damage == "checksum":
+            db.execute(f"UPDATE log SET checksum = zeroblob(32) {where}", (victim,))
+        else:
+            db.execute(f"DELETE FROM log {where}", (victim,))
+        db.commit()
+    before = _files(data)
+    out = _peer_once(data)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "session/s" in lines[0] and f"record {victim}" in lines[0], lines
+    assert _files(data) == before, "refusing to start must not change the store"
+    # The operator's view names the same record, and everything before it is intact.
+    inspect = subprocess.run(
+        [*STATEMESH, "inspect", str(data)], capture_output=True, text=True, timeout=60
+    )
+    assert inspect.returncode == 1 and "session/s" in inspect.stdout + inspect.stderr
+    with Store.open(data, readonly=True) as store:
+        with pytest.raises(CorruptRecord) as info:
+            store.load("session/s")
+        assert info.value.seq == victim
+        doc = store.load("session/s", salvage=True)
+    from crdt_types.session import SessionState
+
+    kept = SessionState(doc)
+    assert [kept.get_memory(f"k{i}") for i in range(3)] == [0, 1, 2]
+    assert kept.get_memory("k4") is None  # never applied past the gap
+
+
+async def test_a_truncated_database_stops_the_peer_with_one_line_naming_the_file(tmp_path):
+    data = tmp_path / "n"
+    await _write_five(data)
+    db = data / DB_NAME
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.truncate(size // 2)
+    before = _files(data)
+    out = _peer_once(data)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(db) in lines[0] and "damaged" in lines[0], lines
+    assert _files(data) == before
+    with pytest.raises(StorageError):
+        async with open_mesh(_cfg(data)):
+            pass
+
+
+# --- a real peer on a full disk: no replica acks it cannot honour -------------------------------
+
+
+def _http(address: str, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.slow
+async def test_a_peer_on_a_full_disk_acks_nothing_it_cannot_keep(tmp_path):
+    from crdt_types.errors import CommitTimeout
+    from crdt_types.session import SessionState
+    from tests.cli.test_peer import Peer
+
+    data = tmp_path / "full"
+    args = [
+        "--node", "full", "--data", str(data), "--listen", "127.0.0.1:0",
+        "--http", "127.0.0.1:0", "--no-mdns", "--insecure",
+    ]  # fmt: skip
+    with tmpfs(data, "1m"):
+        peer = Peer(*args)
+        try:
+            acked_by_peer: dict[str, str] = {}
+            cfg = _cfg(tmp_path / "writer", "writer", seeds=[peer.ready["address"]])
+            async with open_mesh(cfg) as w:
+                s = await w.session("big")
+                for i in range(400):
+                    key, value = f"k{i}", f"{i:04d}" + "w" * 8000
+                    s.state.set_memory(key, value)
+                    try:
+                        holders = await s.commit(replicas=1, timeout=3)
+                    except CommitTimeout:
+                        break
+                    assert holders == ["full"]
+                    acked_by_peer[key] = value
+                else:
+                    raise AssertionError("1 MiB never filled up")
+                assert acked_by_peer
+                status, body = await trio.to_thread.run_sync(_http, peer.ready["http"], "/readyz")
+                assert status == 503 and any("DiskFull" in r for r in body["reasons"]), body
+                # The peer stays up and a member; it just does not claim durability.
+                assert peer.proc.poll() is None
+                remount(data, "64m")
+                s.state.set_memory("after", "space")
+                assert await s.commit(replicas=1, timeout=15) == ["full"]
+                acked_by_peer["after"] = "space"
+            stderr = peer.stop_hard()  # SIGKILL: only what is on its disk survives
+            del stderr
+            with Store.open(data, readonly=True) as store:
+                state = SessionState(store.load("session/big"))
+            lost = [k for k, v in acked_by_peer.items() if state.get_memory(k) != v]
+            assert not lost, f"writes the full peer acknowledged were lost: {lost[:5]}"
+        finally:
+            peer.stop_hard()
