@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = store.verify(schema=args.verify, deep=args.verify)
+    except StorageError as exc:
+        # The file opened but reading it failed part-way: damage, not an unusable dir.
+        report = Report(documents=(), errors=(str(exc),))
     finally:
         store.close()
     errors = list(report.errors) + [d.error for d in report.documents if d.error]

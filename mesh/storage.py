@@ -719,10 +719,11 @@ class Store:
             if damaged is not None:
                 reports.append(DocumentReport(doc_id, 0, 0, 0, None, str(damaged)))
                 continue
-            info = self.info(doc_id)
+            info = DocumentInfo(doc_id, 0, 0, 0, 0)
             fp: str | None = None
             error: str | None = None
             try:
+                info = self.info(doc_id)
                 plan = self._plan(doc_id, salvage=True, all_checkpoints=deep)
                 problems = list(plan.problems)
                 doc, apply_error = _apply(pycrdt.Doc(), plan, doc_id, salvage=True)

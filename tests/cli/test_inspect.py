@@ -129,3 +129,18 @@ def test_console_script_runs_inspect(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True
+
+
+def test_truncated_database_is_reported_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        store.append_many([(f"session/{i % 5}", w.set(f"k{i}", "x" * 300)) for i in range(400)])
+    db = tmp_path / DB_NAME
+    with open(db, "r+b") as f:
+        f.truncate(db.stat().st_size // 2)
+    code, result = run_json(capsys, str(tmp_path), "--verify")
+    # 2 if SQLite refuses the file outright, 1 if it opens and the damage is found inside.
+    assert code in (1, 2)
+    assert result["ok"] is False and result["errors"]
