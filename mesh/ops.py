@@ -33,6 +33,7 @@ by the subscription, as for every other mesh event.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ from gossip.messages import MEMBER_STATES
 from mesh.health import DEFAULT_THRESHOLD, CatchUp, LoopWatchdog, Readiness, assess
 from mesh.metrics import Metrics
 from mesh.vault import Vault
+
+_log = logging.getLogger("statemesh.store")
 
 if TYPE_CHECKING:
     from mesh.runtime import Mesh
@@ -132,9 +135,18 @@ class Operations:
         """The store's group commit of `updates` took `seconds`, or failed with `error`."""
         if error is None:
             self.metrics.store_synced(seconds, updates, nbytes)
+            if self.store_error is not None:
+                _log.warning("store recovered: durable writes are acknowledged again")
             self.store_error = None
         else:
             # The reason, never the data: a failed batch names the file and the cause.
+            if self.store_error is None:
+                # Once per outage, not once per refused batch: a full disk refuses many.
+                _log.error(
+                    "store failed; durable acknowledgements refused until it recovers: %s: %s",
+                    type(error).__name__,
+                    error,
+                )
             self.store_error = f"{type(error).__name__}: {error}"
             self._wake.set()
 

@@ -74,7 +74,7 @@ async def _readyz(mesh) -> tuple[int, dict]:
     return await trio.to_thread.run_sync(get)
 
 
-async def test_full_disk_refuses_acks_reports_it_and_loses_nothing_acknowledged(tmp_path):
+async def test_full_disk_refuses_acks_reports_it_and_loses_nothing_acknowledged(tmp_path, caplog):
     data = tmp_path / "data"
     with tmpfs(data, "1m"):
         acked: dict[str, str] = {}
@@ -110,6 +110,9 @@ async def test_full_disk_refuses_acks_reports_it_and_loses_nothing_acknowledged(
             acked["after"] = "room again"
             status, body = await _readyz(mesh)
             assert status == 200, body
+        logged = [r.getMessage() for r in caplog.records if r.name == "statemesh.store"]
+        assert len([m for m in logged if "DiskFull" in m]) == 1, logged
+        assert any("recovered" in m for m in logged), logged
         # Nothing acknowledged was lost: a restart from the disk holds every acked write.
         async with open_mesh(_cfg(data)) as again:
             state = again.read_session("busy")
@@ -267,7 +270,9 @@ async def test_a_peer_on_a_full_disk_acks_nothing_it_cannot_keep(tmp_path):
                 assert await s.commit(replicas=1, timeout=15) == ["full"]
                 acked_by_peer["after"] = "space"
             stderr = peer.stop_hard()  # SIGKILL: only what is on its disk survives
-            del stderr
+            # Reported in its log once per outage, and the recovery too.
+            assert stderr.count("store failed") == 1 and "DiskFull" in stderr, stderr
+            assert "store recovered" in stderr, stderr
             with Store.open(data, readonly=True) as store:
                 state = SessionState(store.load("session/big"))
             lost = [k for k, v in acked_by_peer.items() if state.get_memory(k) != v]
