@@ -14,7 +14,11 @@ import pytest
 import trio
 
 from crdt_types.errors import Fenced, LocalError, NotOwner
+from crdt_types.vv import decode_state_vector
 from gossip.events import MemberDead, MemberLeft, OwnerChanged, StandbyAssigned, WorkloadFenced
+from gossip.messages import DocDiff, DocUpdate, Envelope
+from gossip.node import Output
+from gossip.successor import rank
 from mesh import MeshConfig, open_mesh
 from mesh.failover import STABLE_FILE, SessionTakenOver
 
@@ -221,3 +225,72 @@ async def test_bad_input_is_refused_with_a_clear_error(tmp_path):
         with pytest.raises(LocalError, match="async callable"):
             a.on_prewarm(42)
         assert a.status()["policy"] == "majority"
+
+
+def _crash_on_exit(mesh) -> None:
+    """Make leaving `mesh`'s block a crash: no hand-off, no departure announced (a fake)."""
+
+    async def no_handoff(timeout: float = 0.0) -> list:
+        return []
+
+    mesh.node.leave = lambda now: Output()
+    mesh.failover.handoff = no_handoff
+
+
+def _drop_data(mesh) -> None:
+    """`mesh` stops receiving session contents (it still hears vectors, acks, claims)."""
+    receive = mesh.node.receive
+
+    def filtered(now, env):
+        kept = tuple(
+            m
+            for m in env.messages
+            if not (isinstance(m, DocUpdate | DocDiff) and m.doc_id.startswith("session/"))
+        )
+        return receive(now, Envelope(env.sender, env.sender_address, env.incarnation, kept))
+
+    mesh.node.receive = filtered
+
+
+async def test_a_behind_replica_is_not_chosen_while_a_caught_up_one_exists(tmp_path):
+    # n1 ranks first for this session, so only the coverage rule can pass it over.
+    sid = next(f"s{i}" for i in range(100) if rank(f"session/s{i}", ["n1", "n2"])[0] == "n1")
+    called: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        b = await stack.enter_async_context(open_mesh(config(tmp_path, "n1", seed=1)))
+        c = await stack.enter_async_context(
+            open_mesh(config(tmp_path, "n2", seeds=[b.address], seed=2))
+        )
+        for m in (b, c):
+
+            async def on_takeover(session, pending, m=m):
+                called.append(m.node_id)
+
+            m.on_takeover(on_takeover)
+        _drop_data(b)
+        async with open_mesh(config(tmp_path, "n0", seeds=[b.address])) as a:
+            everyone = ["n0", "n1", "n2"]
+            await wait_until(
+                "settled", lambda: all(m.status()["stable"] == everyone for m in (a, b, c)), 15
+            )
+            s = await a.session(sid)
+            s.state.append_message("user", "only n2 holds this")
+            assert await s.commit(replicas=1, timeout=10) == ["n2"]
+            target = decode_state_vector(a.replica.state_vector(s.doc_id))
+
+            def b_knows_c_is_ahead() -> bool:
+                reported = b.node.replicator.peer_durable("n2", s.doc_id)
+                if reported is None:
+                    return False
+                vv = decode_state_vector(reported)
+                return all(vv.get(k, 0) >= v for k, v in target.items())
+
+            await wait_until("n1 hears n2's durable vector", b_knows_c_is_ahead)
+            assert not b.has_session(sid) or b.read_session(sid).message_count() == 0
+            _crash_on_exit(a)
+        await wait_until("takeover", lambda: called, timeout=15)
+        await trio.sleep(1.0)  # n1's own slot has passed: it must still not claim
+        assert called == ["n2"], called
+        assert b.owner_of(sid) == c.owner_of(sid) == "n2"
+        assert b.stats["takeover_claims"] == 0
+        assert [m.content for m in c.read_session(sid).messages()] == ["only n2 holds this"]
