@@ -98,3 +98,36 @@ async def test_updates_of_one_pump_leave_in_one_frame_per_peer(tmp_path: Path) -
         assert a.codec.sealer.frames_sealed - sealed == 2  # not 32 updates x 2 peers
         for s in sessions:
             assert await s.commit(replicas="all", timeout=20) == ["b", "c"]
+
+
+async def test_concurrent_commits_pump_their_writes_together(tmp_path: Path) -> None:
+    """32 writers that write then commit at once: their updates leave in one pump, not 32."""
+    import trio
+
+    from mesh import MeshConfig, open_mesh
+
+    async with open_mesh(MeshConfig(node="solo", data_dir=tmp_path / "solo", insecure=True)) as a:
+        sessions = [await a.session(f"c-{k}") for k in range(32)]
+        await sessions[-1].commit()
+        drained: list[int] = []
+        drain = a.replica.drain
+
+        def counting_drain():
+            items = drain()
+            if items:
+                drained.append(len(items))
+            return items
+
+        a.replica.drain = counting_drain
+
+        async def writer(s) -> None:
+            s.state.set_memory("k", 1)
+            await s.commit()
+
+        async with trio.open_nursery() as nursery:
+            for s in sessions:
+                nursery.start_soon(writer, s)
+        assert sum(drained) == 32
+        assert max(drained) == 32, drained  # one pump for all, not one per commit
+        for s in sessions:
+            assert a.replica.durable_state_vector(s.doc_id) == s.state.doc.get_state()
