@@ -228,9 +228,9 @@ def _trials(cluster: _Cluster, trials: int, writes: int, plot: Path | None) -> d
             lost += sum(1 for m in acked if m not in taken["summary"]["messages"])
         if dead is not None:
             detect.append((dead["t"] - t_kill) * 1000)
-        # Takeovers of anything but this session (its owner is alive) are false.
+        # A takeover from anyone but the killed owner took a live peer's session.
         false_takeovers += sum(
-            1 for e in cluster.log[mark:] if e["event"] == "takeover" and e["session"] != session
+            1 for e in cluster.log[mark:] if e["event"] == "taken" and e["previous"] != owner
         )
         print(
             f"bench failover: trial {k + 1}/{trials}: rto {rto[-1] if taken else None} ms",

@@ -41,6 +41,7 @@ from gossip.events import (
     StandbyAssigned,
     WorkloadFenced,
 )
+from mesh.failover import SessionTakenOver
 
 # The scripted conversation: (kind, payload). Step i is acknowledged as `acked` step i.
 SCRIPT: tuple[tuple[str, Any], ...] = (
@@ -294,6 +295,8 @@ def report(ev: object) -> None:
         )
     elif isinstance(ev, StandbyAssigned):
         say("standby", session=ev.workload, owner=ev.owner, standby=ev.standby)
+    elif isinstance(ev, SessionTakenOver):
+        say("taken", session=ev.session_id, previous=ev.previous_owner, epoch=ev.epoch)
     elif isinstance(ev, WorkloadFenced):
         say("fenced", session=ev.workload, owner=ev.owner, epoch=ev.epoch)
 

@@ -48,6 +48,7 @@ from crdt_types.session import SessionState
 from crdt_types.vv import decode_state_vector
 from gossip.events import (
     MemberAlive,
+    MemberDead,
     MemberJoined,
     OwnerChanged,
     StandbyAssigned,
@@ -75,7 +76,7 @@ SESSION_PREFIX = "session/"
 STABLE_FILE = "failover-stable.json"
 # Coalesce bursts of acks and rumours into one decision (a decision over 10k sessions
 # costs ~1 s, so it must not run per frame).
-_MIN_INTERVAL = 0.02
+_MIN_INTERVAL = 0.005
 _MAX_SLEEP = 0.5
 # How long a takeover waits for live members to answer its pull of the session. On a
 # LAN the answer takes a round trip; a member that does not answer in time is skipped
@@ -265,6 +266,12 @@ class Failover:
             # A member came (back): exchange the ownership table with it at once, so a
             # restarted node learns it was replaced before it writes anything.
             self._nursery.start_soon(self._sync_ownership, event.node)
+        elif isinstance(event, MemberDead) and self._nursery is not None:
+            # Quorum needs evidence heard after the failure: ask every live member now
+            # (one round trip) instead of waiting for the next gossip round to bring it.
+            for peer in self.mesh.node.membership.live_members():
+                if peer != self.me:
+                    self._nursery.start_soon(self._sync_ownership, peer)
         if isinstance(event, ReplicaAcked) and not self.plans:
             # Durable vectors matter only while a takeover is being planned.
             return
