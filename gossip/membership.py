@@ -46,6 +46,7 @@ declared dead after a partition heals, or under 10 % loss):
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -237,6 +238,11 @@ class Membership:
         self._down: set[str] = set()  # dead or left members, for reaping and reconnecting
         self._suspicions: dict[str, _Suspicion] = {}
         self._suspect_at: dict[str, str] = {}  # address -> suspected member living there
+        # Earliest suspicion timer (deadline or notice), cached: a partition leaves hundreds
+        # of suspicions open and the runtime asks for the next deadline after every event.
+        # It may be early (a suspicion ended), never late: it is recomputed on every change.
+        self._susp_due = math.inf
+        self._susp_dirty = False
         self._broadcasts: dict[str, list] = {}  # node -> [MemberUpdate, times sent, order]
         self._bcast_order = 0
         self._probe_order: list[str] = []
@@ -379,9 +385,18 @@ class Membership:
             t = min(t, p.end if p.acked or p.indirect >= 0 else p.direct_deadline)
         for f in self._forwards.values():
             t = min(t, f.expires if f.nacked else f.nack_at)
-        for s in self._suspicions.values():
-            t = min(t, s.deadline, s.notify_at)
+        if self._suspicions:
+            t = min(t, self._suspicions_due())
         return t
+
+    def _suspicions_due(self) -> float:
+        if self._susp_dirty:
+            self._susp_dirty = False
+            self._susp_due = min(
+                (min(s.deadline, s.notify_at) for s in self._suspicions.values()),
+                default=math.inf,
+            )
+        return self._susp_due
 
     def tick(self, now: float) -> None:
         """Run every timer that is due at `now`."""
@@ -390,7 +405,8 @@ class Membership:
         self._tick_probe(now)
         if self._forwards:
             self._tick_forwards(now)
-        if self._suspicions:
+        if self._suspicions and now >= self._suspicions_due():
+            self._susp_dirty = True
             for node in [n for n, s in self._suspicions.items() if s.deadline <= now]:
                 self._suspicion_expired(now, node)
             for node, s in self._suspicions.items():
@@ -721,6 +737,7 @@ class Membership:
         if n - 2 < k:
             k = 0
         self._suspect_at[m.address] = m.node
+        self._susp_dirty = True
         self._suspicions[m.node] = _Suspicion(
             now, origin, k, self.config.suspicion_min(n), self.config.suspicion_max(n)
         )
@@ -736,6 +753,7 @@ class Membership:
             m.incarnation = incarnation
         s = self._suspicions.get(m.node)
         if s is not None and s.confirm(origin):
+            self._susp_dirty = True
             # Re-gossip the confirmation: others count distinct origins too.
             self._queue(MemberUpdate(m.node, m.address, m.incarnation, SUSPECT, origin, m.meta))
 
@@ -812,7 +830,7 @@ class Membership:
         if len(items) <= limit:
             chosen = list(items.items())
         else:
-            chosen = sorted(items.items(), key=lambda kv: (kv[1][1], kv[1][2]))[:limit]
+            chosen = heapq.nsmallest(limit, items.items(), key=lambda kv: (kv[1][1], kv[1][2]))
         # The limit follows the cluster's current size (memberlist does the same), so a
         # rumour queued while the cluster was small still reaches members who joined since.
         most = self.config.retransmit_limit(self.estimated_size())
