@@ -330,10 +330,6 @@ class Mesh:
             raise LocalError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if doc_id not in self.replica:
             raise LocalError(f"no document {doc_id!r} on this node")
-        if self.replica.queued:
-            # Let the other tasks that are about to commit queue their writes too, so one
-            # pump sends them all in one frame per peer instead of one frame per commit.
-            await trio.lowlevel.checkpoint()
         self._pump()
         target = self.replica.state_vector(doc_id)
         deadline = trio.current_time() + timeout
@@ -537,6 +533,7 @@ class Mesh:
                     await self.failover.handoff()
             if not self.node.left:
                 self._emit(self.node.leave(trio.current_time()))
+                self._announce_leave()
             with contextlib.suppress(StorageError):
                 await self.store.flush()
             # Durable vectors of the last writes, for anyone waiting on them.
@@ -547,6 +544,25 @@ class Mesh:
         for sub in self._subscribers:
             sub._close()
         self._subscribers.clear()
+
+    def _announce_leave(self) -> None:
+        """Tell every member with a known address, by datagram and by stream, that we left.
+
+        `Node.leave` tells a sample of the members it believes alive. Under load this
+        node may wrongly hold a peer dead and skip it; that peer would then declare us
+        dead (and fail our sessions over) instead of seeing a graceful leave. Duplicates
+        are harmless: the same `left` rumour applies once.
+        """
+        me = self.node.membership.me
+        env = Envelope(self.node_id, me.address, me.incarnation, (me.update(),))
+        for member in list(self.node.membership.members.values()):
+            if member.node == self.node_id:
+                continue
+            # One frame per send: a frame sent twice would be refused as a replay.
+            with contextlib.suppress(StatemeshError):
+                self.transport.send_datagram(member.address, self.codec.pack(time.time(), env))
+            with contextlib.suppress(StatemeshError):
+                self.transport.send(member.address, self.codec.pack(time.time(), env))
 
     # --- driving the node ---------------------------------------------------------------
 

@@ -82,14 +82,14 @@ def peers():
         peer.stop_hard()
 
 
-def wait_for(check, timeout: float = 15.0):
+def wait_for(check, timeout: float = 15.0, show=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("timed out")
+    raise AssertionError(f"timed out; last seen: {show() if show else value!r}")
 
 
 def loopback(tmp_path, name: str, *extra: str) -> list[str]:
@@ -155,7 +155,7 @@ def test_ready_line_then_sigterm_leaves_gracefully_and_exits_0(tmp_path, peers):
     assert json.loads(b.line(5)) == {"event": "stopped", "node": "b"}
     assert time.monotonic() - t0 < 10
     # A graceful leave is "left", never "dead" (no failover for a planned exit).
-    wait_for(lambda: a.states().get("b") == "left")
+    wait_for(lambda: a.states().get("b") == "left", show=a.states)
 
 
 def test_sigint_also_leaves_gracefully(tmp_path, peers):
