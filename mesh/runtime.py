@@ -330,6 +330,10 @@ class Mesh:
             raise LocalError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if doc_id not in self.replica:
             raise LocalError(f"no document {doc_id!r} on this node")
+        if self.replica.queued:
+            # Let the other tasks that are about to commit queue their writes too, so one
+            # pump sends them all in one frame per peer instead of one frame per commit.
+            await trio.lowlevel.checkpoint()
         self._pump()
         target = self.replica.state_vector(doc_id)
         deadline = trio.current_time() + timeout
