@@ -76,6 +76,7 @@ MAX_UPDATE_BYTES = 64 * 1024 * 1024
 # Yjs draws 32-bit client ids; peers built on Yjs expect them to fit in a JS number.
 CLIENT_ID_MAX = 2**32 - 1
 _CLIENT_ID_TRIES = 64
+_CARRY_MAX = 256 * 1024 * 1024  # refused updates kept for the next transaction (see AsyncStore)
 
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
@@ -1021,6 +1022,15 @@ class AsyncStore:
         self.batches = 0
         self._known_ids: set[str] = set()
         self._check_updates = store.check_updates
+        # Updates of batches refused for lack of space. Their waiters were told (DiskFull),
+        # but the documents in memory hold them, and the runtime marks durable the state
+        # vector a later batch was submitted at: so they go first into the next transaction
+        # or that batch fails too. Otherwise a node would ack, after the disk recovered,
+        # writes that are not on it (a restart loses them). Past `_CARRY_MAX` bytes they are
+        # no longer kept and every later batch fails: durability is refused until restart.
+        self._carry: list[tuple[str, bytes]] = []
+        self._carry_bytes = 0
+        self._carry_lost = False
         # Called after each group commit with (seconds, updates, bytes, error or None):
         # how the runtime feeds fsync latency and disk faults to metrics and readiness.
         self.on_commit: Callable[[float, int, int, BaseException | None], None] | None = None
@@ -1055,14 +1065,29 @@ class AsyncStore:
                     continue
                 batch = self._inflight = self._queue.popleft()
                 started = time.perf_counter()
+                carried = self._carry
                 try:
+                    if self._carry_lost:
+                        raise DiskFull(
+                            f"{self.store.path}: writes refused earlier for lack of space could "
+                            "not all be kept; restart the node to make writes durable again"
+                        )
                     # Not cancellable (the default): a transaction in flight must finish so
                     # its waiters learn the truth about durability.
-                    prepared = self.store._prepare(batch.items)
-                    batch.seqs = await trio.to_thread.run_sync(
+                    prepared = self.store._prepare(carried + batch.items)
+                    seqs = await trio.to_thread.run_sync(
                         self.store._commit, prepared, limiter=self._commit_limiter
                     )
+                    batch.seqs = seqs[len(carried) :]
+                    self._carry, self._carry_bytes = [], 0
                     self.batches += 1
+                except DiskFull as exc:
+                    batch.error = exc
+                    if not self._carry_lost:
+                        self._carry = carried + batch.items
+                        self._carry_bytes += sum(len(u) for _, u in batch.items)
+                        if self._carry_bytes > _CARRY_MAX:
+                            self._carry, self._carry_bytes, self._carry_lost = [], 0, True
                 except StatemeshError as exc:
                     batch.error = exc
                 except Exception as exc:

@@ -110,6 +110,8 @@ async def test_full_disk_refuses_acks_reports_it_and_loses_nothing_acknowledged(
             acked["after"] = "room again"
             status, body = await _readyz(mesh)
             assert status == 200, body
+            durable_after = mesh.replica.durable_state_vector("session/busy")
+            assert durable_after == mesh.replica.state_vector("session/busy")
         logged = [r.getMessage() for r in caplog.records if r.name == "statemesh.store"]
         assert len([m for m in logged if "DiskFull" in m]) == 1, logged
         assert any("recovered" in m for m in logged), logged
@@ -119,6 +121,11 @@ async def test_full_disk_refuses_acks_reports_it_and_loses_nothing_acknowledged(
             assert state is not None
             missing = [k for k, v in acked.items() if state.get_memory(k) != v]
             assert not missing, f"acknowledged writes lost after a full disk: {missing[:5]}"
+            # Refused writes stayed in the documents in memory, and the acks after recovery
+            # covered their clocks: they must have reached the disk with the first batch
+            # that fitted (before the fix they were dropped and the acks overstated).
+            assert all(state.get_memory(k) is not None for k in refused), refused
+            assert again.replica.durable_state_vector("session/busy") == durable_after
 
 
 # --- corrupted and truncated files: refuse to run on them, change nothing, keep the rest ----
