@@ -47,8 +47,20 @@ def print_result(result: dict, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, sort_keys=False))
         return
+    result = _flatten(result)
     width = max((len(k) for k in result), default=0)
     for key, value in result.items():
         if isinstance(value, float):
             value = f"{value:,.3f}" if value < 1000 else f"{value:,.0f}"
         print(f"{key.ljust(width)}  {value}")
+
+
+def _flatten(result: dict, prefix: str = "") -> dict:
+    """Nested figures (e.g. per commit level) as dotted keys, one table row each."""
+    out: dict = {}
+    for key, value in result.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -80,3 +80,11 @@ def test_wire_bad_flags_exit_2_with_one_line(argv, message, capsys) -> None:
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert capsys.readouterr().out == ""  # nothing measured, nothing printed
+
+
+def test_wire_table_output_flattens_nested_figures(capsys) -> None:
+    assert main(["bench", "wire", *TINY]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert "idle_bytes_by_message" not in rows  # no dict printed as one row
+    assert any(key.startswith("idle_bytes_by_message.") for key in rows)
+    assert rows["documents"].strip() == "200"
