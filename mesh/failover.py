@@ -390,6 +390,7 @@ class Failover:
         node = mesh.node
         now = trio.current_time()
         waits: list[trio.Event] = []
+        sessions: list[int] = []
         me = node.membership.me
         for peer in node.membership.live_members():
             if peer == self.me:
@@ -400,6 +401,7 @@ class Failover:
             session, sends = node.replicator.pull(now, peer, doc_ids)
             done = self._pulls[session] = trio.Event()
             waits.append(done)
+            sessions.append(session)
             msgs = tuple(m for _, m in sends)
             if msgs:
                 env = Envelope(self.me, me.address, me.incarnation, msgs)
@@ -409,6 +411,8 @@ class Failover:
             for done in waits:
                 await done.wait()
                 answered += 1
+        for session in sessions:
+            self._pulls.pop(session, None)  # members that did not answer in time
         mesh._pump()
         return answered
 
