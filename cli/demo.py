@@ -339,7 +339,9 @@ class Demo:
             "pending_resumed": sum(len(e["keys"]) for e in resumed),
             "takeovers": len(takeovers),
             "timeline": [
-                {"ms": round(ms_, 1), "peer": who, "what": what} for ms_, who, what in self.timeline
+                # Lines arrive per process; the JSON puts them in time order.
+                {"ms": round(ms_, 1), "peer": who, "what": what}
+                for ms_, who, what in sorted(self.timeline)
             ],
         }
 
