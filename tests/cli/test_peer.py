@@ -144,10 +144,12 @@ def test_missing_key_exits_2_from_the_real_process(tmp_path):
 
 
 def test_ready_line_then_sigterm_leaves_gracefully_and_exits_0(tmp_path, peers):
-    a = peers(*loopback(tmp_path, "a"))
+    # The `local` profile's patient failure detector: this test is about leave versus
+    # dead, and a loaded CI machine must not turn a slow answer into a false death.
+    a = peers(*loopback(tmp_path, "a", "--profile", "local"))
     assert a.ready["event"] == "ready" and a.ready["node"] == "a"
     assert a.ready["address"].startswith("127.0.0.1:") and isinstance(a.ready["documents"], int)
-    b = peers(*loopback(tmp_path, "b", "--join", a.ready["address"]))
+    b = peers(*loopback(tmp_path, "b", "--join", a.ready["address"], "--profile", "local"))
     wait_for(lambda: a.states() == {"a": "alive", "b": "alive"})
     t0 = time.monotonic()
     os.kill(b.proc.pid, signal.SIGTERM)
