@@ -15,6 +15,12 @@ mDNS: `--interface IP` (repeatable) names the IPv4 addresses to announce and bro
 without it the peer uses every interface of the machine, which is what a user wants on a
 LAN. Tests and the demo always pass `--interface`. `--no-mdns` turns discovery off
 (static `--join` seeds only).
+
+Settings: `--config FILE` reads the same settings from a TOML file (keys are the flag
+names: ``node = "a"``, ``key_file = "cluster.key"``, ``join = ["10.0.0.2:7946"]``);
+``STATEMESH_<FLAG>`` environment variables override the file and flags override both
+(`mesh.settings`). Logs go to stderr, human-readable or JSON lines (`--log-format json`),
+with secrets and tokens redacted.
 """
 
 from __future__ import annotations
@@ -29,20 +35,18 @@ import trio
 
 from crdt_types.errors import LocalError, StatemeshError, StorageError
 from gossip.config import PROFILES
+from mesh.settings import LOG_FORMATS, LOG_LEVELS
 
 DEFAULT_PORT = 7946
-
-
-class _Usage(Exception):
-    pass
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `peer` subcommand."""
     p = sub.add_parser("peer", help="run a mesh peer until SIGTERM/SIGINT", description=__doc__)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--node", required=True, help="this node's unique name")
-    p.add_argument("--data", required=True, metavar="DIR", help="data directory (created)")
+    p.add_argument("--config", default=None, metavar="FILE", help="TOML file of settings")
+    p.add_argument("--node", default=None, help="this node's unique name (required)")
+    p.add_argument("--data", default=None, metavar="DIR", help="data directory (required)")
     p.add_argument(
         "--listen",
         default=None,
@@ -63,12 +67,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="IPv4 address for mDNS (repeat; default: all interfaces)",
     )
     p.add_argument("--no-mdns", action="store_true", help="no mDNS; use --join seeds only")
-    p.add_argument("--cluster", default="statemesh", help="cluster name (default: statemesh)")
+    p.add_argument("--cluster", default=None, help="cluster name (default: statemesh)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--key-file", metavar="FILE", help="cluster key file (statemesh keygen)")
     key.add_argument("--insecure", action="store_true", help="no encryption (debugging only)")
-    p.add_argument("--http", default=None, metavar="HOST:PORT", help="serve GET /status here")
-    p.add_argument("--profile", default="lan", choices=sorted(PROFILES), help="gossip timing")
+    p.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /status, /livez, /readyz, /healthz, /metrics, /config, /secrets here",
+    )
+    p.add_argument(
+        "--profile", default=None, choices=sorted(PROFILES), help="gossip timing (default: lan)"
+    )
+    p.add_argument(
+        "--ready-lag",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="/readyz: how long being behind peers still counts as ready (default 2)",
+    )
+    p.add_argument(
+        "--log-format", default=None, choices=LOG_FORMATS, help="human (default) or json lines"
+    )
+    p.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="default: info")
     p.set_defaults(func=run)
 
     def one_line_error(message: str) -> None:
@@ -79,37 +101,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.error = one_line_error  # type: ignore[method-assign]
 
 
-def _config(args: argparse.Namespace):
+def _config(settings):
     from mesh.config import MeshConfig
     from mesh.discovery import all_interface_addresses
 
-    if not args.key_file and not args.insecure:
-        raise _Usage(
-            "no cluster key: pass --key-file FILE (create one with `statemesh keygen --out "
-            "FILE`) or --insecure"
-        )
-    interfaces = list(args.interface)
-    mdns = not args.no_mdns
-    if mdns and not interfaces:
+    kwargs = settings.mesh_kwargs()
+    interfaces = list(settings.interface)
+    if settings.mdns and not interfaces:
         interfaces = [ip for ip in all_interface_addresses() if ":" not in ip]
-    listen = args.listen
-    if listen is None:
+    kwargs["interfaces"] = interfaces if settings.mdns else []
+    if settings.listen is None:
         outward = [ip for ip in interfaces if not ip.startswith("127.")] or interfaces
-        listen = f"{outward[0] if outward else '127.0.0.1'}:{DEFAULT_PORT}"
-    return MeshConfig(
-        node=args.node,
-        data_dir=args.data,
-        listen=listen,
-        advertise=args.advertise,
-        seeds=list(args.join),
-        interfaces=interfaces if mdns else [],
-        mdns=mdns,
-        cluster=args.cluster,
-        key=args.key_file if args.key_file else None,
-        insecure=bool(args.insecure),
-        profile=args.profile,
-        http=args.http,
-    )
+        kwargs["listen"] = f"{outward[0] if outward else '127.0.0.1'}:{DEFAULT_PORT}"
+    return MeshConfig(**kwargs)
 
 
 def _say(obj: dict) -> None:
@@ -140,13 +144,18 @@ async def _main(config) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the peer; returns the exit code."""
+    from mesh.settings import configure_logging, resolve_settings
+
     try:
-        config = _config(args)
-    except (_Usage, LocalError) as exc:
+        settings = resolve_settings(vars(args), os.environ, args.config)
+        config = _config(settings)
+        configure_logging(settings.log_format, settings.log_level)
+    except LocalError as exc:
         print(f"statemesh peer: error: {exc}", file=sys.stderr)
         return 2
-    if os.path.exists(args.data) and not os.path.isdir(args.data):
-        print(f"statemesh peer: error: {args.data} is not a directory", file=sys.stderr)
+    data = settings.data
+    if os.path.exists(data) and not os.path.isdir(data):
+        print(f"statemesh peer: error: {data} is not a directory", file=sys.stderr)
         return 2
     try:
         trio.run(_main, config)
