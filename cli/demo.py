@@ -373,6 +373,20 @@ def _present(acked: dict[str, Any], held: dict[str, Any]) -> bool:
     return ok and held["cursor"] is not None and held["cursor"] >= acked["step"]
 
 
+_KINDS = (  # (label, substring of the timeline text, marker, colour)
+    ("up / discovery", "up:", "o", "tab:gray"),
+    ("up / discovery", "discovered", "o", "tab:gray"),
+    ("write acked (replicas=1)", "committed", "s", "tab:blue"),
+    ("SIGKILL", "SIGKILL", "X", "tab:red"),
+    ("suspect", "suspect", "v", "tab:orange"),
+    ("dead", " dead", "v", "tab:red"),
+    ("owner claim", "owns", "D", "tab:purple"),
+    ("pre-warm", "pre-warmed", "^", "tab:olive"),
+    ("takeover handler", "takeover handler", "*", "tab:green"),
+    ("tool call resumed", "resumed", "P", "tab:green"),
+)
+
+
 def _plot(path: str, timeline: list[dict[str, Any]], result: dict[str, Any]) -> None:
     import matplotlib
 
@@ -380,23 +394,39 @@ def _plot(path: str, timeline: list[dict[str, Any]], result: dict[str, Any]) -> 
     import matplotlib.pyplot as plt
 
     who = sorted({e["peer"] for e in timeline})
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.6 * len(who)))
-    for e in timeline:
-        y = who.index(e["peer"])
-        ax.plot(e["ms"], y, "o", color="tab:red" if "SIGKILL" in e["what"] else "tab:blue")
-        if any(w in e["what"] for w in ("SIGKILL", "dead", "takeover", "resumed")):
-            ax.annotate(
-                e["what"][:40], (e["ms"], y), textcoords="offset points", xytext=(4, 6), fontsize=7
+    fig, ax = plt.subplots(figsize=(11, 2.0 + 0.5 * len(who)), dpi=110)
+    try:
+        labelled: set[str] = set()
+        for e in timeline:
+            kind = next((k for k in _KINDS if k[1] in e["what"]), None)
+            if kind is None:
+                continue
+            label, _, marker, colour = kind
+            ax.plot(
+                e["ms"],
+                who.index(e["peer"]),
+                marker,
+                color=colour,
+                markersize=9,
+                label=None if label in labelled else label,
             )
-    ax.set_yticks(range(len(who)), who)
-    ax.set_xlabel("ms since the demo started")
-    ax.set_title(
-        f"statemesh demo: rto {result['rto_ms']} ms, detect {result['detect_ms']} ms, "
-        f"acked lost {result['acked_lost']}"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            labelled.add(label)
+            if "SIGKILL" in e["what"]:
+                ax.axvline(e["ms"], color="tab:red", linewidth=0.8, linestyle="--")
+        ax.set_yticks(range(len(who)), who)
+        ax.set_xlabel("ms since the demo started")
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+        ax.set_title(
+            f"statemesh demo: SIGKILL of {result['failed_node']}, takeover by "
+            f"{result['successor']}: RTO {result['rto_ms']} ms, detect {result['detect_ms']} ms, "
+            f"acked lost {result['acked_lost']}",
+            fontsize=9,
+        )
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> int:
