@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # Subcommand modules, in the order `statemesh --help` lists them. A module that does not
 # exist yet is skipped so the command keeps working while the project grows.
@@ -28,13 +29,25 @@ SUBCOMMANDS = (
 )
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit code 2.
+
+    argparse prints the whole usage block before the error; scripts and humans both read
+    the one line that says what is wrong, and `--help` still shows the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print `prog: error: message` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="statemesh",
         description="Peer-to-peer failover state mesh for autonomous AI agents.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     sub.required = True
     for name in SUBCOMMANDS:
         try:
