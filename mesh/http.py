@@ -108,6 +108,13 @@ def _route(mesh: Any, method: str, target: str) -> tuple[int, Any]:
     return handler(mesh, path)
 
 
+def _opaque(value: object) -> object:
+    # Binary values (sealed secrets in the cluster document) are shown by size only.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 async def _read_request(
     conn: h11.Connection, stream: trio.SocketStream, event: h11.Request
 ) -> Request:
@@ -168,7 +175,11 @@ async def _serve_one(mesh: Any, stream: trio.SocketStream) -> None:
         if isinstance(obj, Raw):
             body, content_type, extra = obj.data, obj.content_type, list(obj.headers)
         else:
-            body = (json.dumps(obj, sort_keys=True) + "\n").encode()
+            try:
+                body = (json.dumps(obj, sort_keys=True, default=_opaque) + "\n").encode()
+            except (TypeError, ValueError) as exc:  # never let one answer take the mesh down
+                status = 500
+                body = (json.dumps({"error": f"cannot encode the answer: {exc}"}) + "\n").encode()
             content_type, extra = "application/json", []
         headers = [
             ("content-type", content_type),
