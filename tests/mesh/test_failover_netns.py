@@ -232,3 +232,30 @@ def test_graceful_leave_hands_over_with_no_dead(agents):
     assert not agents.of("member", node="p2", state="dead")
     assert [t["peer"] for t in agents.of("takeover")] == [taken["peer"]]
     assert agents.converged(["p0", "p1"], "chat")[0]["owner"] == taken["peer"]
+
+
+def test_partition_with_the_availability_policy_both_sides_act_then_one_owner(agents):
+    for i in range(3):
+        agents.start(i, "--split-brain", "availability")
+    agents.settle(NAMES)
+    assert agents.ask("p0", "write busy first 1", "wrote")["ok"]
+    agents.converged(NAMES, "busy")
+    agents.net.partition([0, 1], [2])
+    # The lone side takes over too: availability first, fencing after the heal.
+    agents.wait(
+        lambda e: e["event"] == "takeover" and e["peer"] == "p2" and e["session"] == "busy",
+        20,
+        "minority takeover",
+    )
+    agents.net.heal()
+    agents.wait(
+        lambda e: e["event"] == "fenced" and e["session"] == "session/busy",
+        20,
+        "one side fenced",
+    )
+    views = agents.converged(NAMES, "busy")
+    winner = views[0]["owner"]
+    assert winner in ("p0", "p2")
+    loser = "p2" if winner == "p0" else "p0"
+    wrote = agents.ask(loser, "write busy late 0", "wrote")
+    assert not wrote["ok"] and wrote["error"] == "Fenced"
