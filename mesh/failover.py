@@ -20,12 +20,13 @@ its answers:
 
 Invariants: writes (`Session.state` write methods and `commit`) to a session that this
 node does not own raise `NotOwner`, or `Fenced` if this node owned it before another
-node won a higher (epoch, owner); reads are always allowed. Opening a session nobody
-owns claims it at epoch 1. A node that restarts never reclaims: sessions its on-disk
-table says it owns stay write-blocked until it has exchanged the ownership table with a
-live member (or found none for `_ALONE_AFTER` seconds), after which it follows the
-merged table. Handler exceptions are counted and logged to the event stream, never
-allowed to stop the mesh.
+node won a higher (epoch, owner); reads are always allowed. Opening a session that no
+replica here holds yet claims it at epoch 1 (one that arrived from a peer is its
+creator's, whose claim is on its way). A node that restarts never reclaims: sessions its
+on-disk table says it owns stay write-blocked until it has exchanged the ownership table
+with a live member (or, with seeds or mDNS configured, found none for `_ALONE_AFTER`
+seconds), after which it follows the merged table. Handler exceptions are counted
+(`handler_errors`), never allowed to stop the mesh.
 """
 
 from __future__ import annotations
@@ -213,9 +214,13 @@ class Failover:
     # --- hooks the runtime calls ---------------------------------------------------------
 
     def claim_on_open(self, doc_id: str) -> None:
-        """Claim `doc_id` at epoch 1 if nobody ever claimed it (opening a session)."""
+        """Claim `doc_id` at epoch 1 if nobody ever claimed it (opening a new session)."""
+        if doc_id in self.mesh.replica or self.mesh._leaving:
+            # It came from a peer: its creator claimed it first, in the same pump, and
+            # that claim is on its way. Claiming too would race it for nothing.
+            return
         table = self.mesh.ownership
-        if table.owner_of(doc_id) is None and not self.mesh._leaving:
+        if table.owner_of(doc_id) is None:
             table.claim(doc_id, self.me, 1)
             self._mine[doc_id] = 1
             self.wake()
