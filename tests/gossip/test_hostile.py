@@ -403,7 +403,7 @@ VICTIM_FOR_MESSAGES = Victim(SEED + 13)
 
 @pytest.mark.slow
 @settings(
-    max_examples=400,
+    max_examples=300,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
