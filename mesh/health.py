@@ -16,8 +16,9 @@ Two signals, served as `/livez` and `/readyz` by `mesh.ops_http`:
   durable state vector each peer reported per document (in replica acks and anti-entropy
   exchanges); we compare it with our *durable* vector, because only what is on our disk
   lets us take a session over. The first catch-up is strict: after start the node is not
-  ready until an exchange with a live peer happened and it covered every advertised
-  vector at once (so a standby is never ready before it could take over). After that,
+  ready until an anti-entropy exchange with a live peer found equal digests and it
+  covered every advertised vector at once (so a standby is never ready before it could
+  take over). After that,
   being behind for less than `ready_lag` seconds still counts as ready: under steady
   writes some rumour is always in flight, and a probe must not flap with it.
 
@@ -209,8 +210,9 @@ class CatchUp:
     ) -> None:
         """Compare `advertised` {peer: {doc: durable vector}} of `live` peers with `ours(doc)`.
 
-        `exchanged`: an anti-entropy exchange with a live peer completed (roots matched or
-        vectors were traded); until one has, nothing says we hold what peers hold.
+        `exchanged`: an anti-entropy exchange with a live peer ended with equal digest
+        trees; until one has, nothing says we hold what peers hold (vectors learned from
+        a few acks name only the documents they acknowledge).
         """
         live = set(live)
         cache = self._cache

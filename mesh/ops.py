@@ -250,7 +250,9 @@ class Operations:
             advertised,
             mesh.replica.durable_state_vector,
             live,
-            exchanged=replicator.stats.digests_matched > 0 or any(advertised.get(p) for p in live),
+            # Only equal digest trees prove we hold what a peer holds: vectors learned
+            # from a few acks say nothing about the documents they do not name.
+            exchanged=replicator.stats.digests_matched > 0,
         )
         readiness = assess(
             now,
