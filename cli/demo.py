@@ -157,6 +157,8 @@ class Demo:
         self.log: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
         self.timeline: list[tuple[float, str, str]] = []
+        # A session of its own per run, so a kept --data directory can be reused.
+        self.session = f"{SESSION}-{secrets.token_hex(3)}"
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -241,7 +243,7 @@ class Demo:
                 "--interface", "127.0.0.1", "--cluster", cluster,
             ]  # fmt: skip
             if name == self.agent:
-                argv += ["--agent", SESSION, "--wait-go"]
+                argv += ["--agent", self.session, "--wait-go"]
             self.peers[name] = Peer(name, argv, self.root / f"{name}.log", self.events)
 
     def settle(self) -> bool:
@@ -305,7 +307,7 @@ class Demo:
                 docs = [_get_json(p.ready["http"], "/documents") for p in survivors]
             except OSError:
                 continue
-            if all(d == docs[0] for d in docs) and f"session/{SESSION}" in docs[0]:
+            if all(d == docs[0] for d in docs) and f"session/{self.session}" in docs[0]:
                 return True
         return False
 
