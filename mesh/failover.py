@@ -59,6 +59,7 @@ from gossip.failover import FailoverPolicy, FailoverState, Takeover, member_view
 from gossip.messages import DocVectors, Envelope
 from gossip.node import Output
 from gossip.replication import DocumentUpdated, ReplicaAcked
+from gossip.successor import rank
 
 if TYPE_CHECKING:
     from mesh.runtime import Mesh, Session
@@ -88,6 +89,7 @@ _ALONE_AFTER = 3.0
 # How long a graceful hand-off waits for successors to hold the claim and the session.
 HANDOFF_TIMEOUT = 1.0
 DEFAULT_SETTLE = 2.0
+_ASK_ON_DEAD = 16
 # Plans that hearing from a member can unblock.
 _HEARD_REASONS = ("no_quorum", "owner_heard")
 
@@ -272,11 +274,13 @@ class Failover:
             # restarted node learns it was replaced before it writes anything.
             self._nursery.start_soon(self._sync_ownership, event.node)
         elif isinstance(event, MemberDead) and self._nursery is not None:
-            # Quorum needs evidence heard after the failure: ask every live member now
-            # (one round trip) instead of waiting for the next gossip round to bring it.
-            for peer in self.mesh.node.membership.live_members():
-                if peer != self.me:
-                    self._nursery.start_soon(self._sync_ownership, peer)
+            # Quorum needs evidence heard after the failure: ask live members now (one
+            # round trip) instead of waiting for the next gossip round to bring it. At
+            # most _ASK_ON_DEAD of them (a spread of its own per node), so a failure in a
+            # large mesh costs O(N) messages, not O(N^2); gossip brings the rest.
+            live = [n for n in self.mesh.node.membership.live_members() if n != self.me]
+            for peer in rank(self.me, live)[:_ASK_ON_DEAD]:
+                self._nursery.start_soon(self._sync_ownership, peer)
         if isinstance(event, ReplicaAcked) and not self.plans:
             # Durable vectors matter only while a takeover is being planned.
             return
