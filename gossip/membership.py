@@ -36,9 +36,10 @@ declared dead after a partition heals, or under 10 % loss):
 
 * A push-pull merge never starts a suspicion of a member we know: the other side's view
   may be stale (it could not reach that member), and our own probes find real failures.
-* A third party's `dead` about a member we hold alive at that incarnation only starts our
-  own suspicion (which many such verdicts shrink to the minimum), so a verdict formed
-  across a partition can still be refuted.
+* A third party's `dead` never kills directly: it starts our own suspicion or confirms
+  the running one (many such verdicts shrink it to the minimum), and only our own timer
+  declares the death, so a verdict formed across a partition, or delivered twice, can
+  still be refuted.
 * The accused is told directly, when the suspicion starts, twice more before it expires,
   and on every frame we send it (Lifeguard's buddy system); it refutes straight back to
   the accuser, so refutation does not wait on busy gossip queues.
@@ -691,11 +692,17 @@ class Membership:
         elif state == DEAD:
             if m.state in (DEAD, LEFT) or upd.incarnation < m.incarnation:
                 return
-            if m.state == ALIVE and upd.incarnation == m.incarnation:
-                # We never doubted it: a third party's verdict (possibly from across a
-                # partition that just healed) only starts our own suspicion, which the
-                # member can still refute; many such verdicts shrink it to the minimum.
-                self._suspect(now, m, upd.incarnation, upd.origin)
+            # A third party's verdict (possibly formed across a partition that just
+            # healed, possibly a duplicate) never kills directly: it starts our own
+            # suspicion, or confirms the one running (shrinking its timer), and only our
+            # own timer declares the death, so a live member can still refute.
+            # (A verdict at a later incarnation than any we know is about a life we never
+            # saw alive: nothing to refute there, so it is accepted.)
+            if upd.incarnation == m.incarnation:
+                if m.state == SUSPECT:
+                    self._confirm(m, upd.incarnation, upd.origin)
+                else:
+                    self._suspect(now, m, upd.incarnation, upd.origin)
                 return
             self._set_down(now, m, DEAD, upd.incarnation, upd.origin)
         else:  # LEFT

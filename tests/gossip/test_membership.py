@@ -147,12 +147,32 @@ def test_third_party_dead_verdict_only_starts_our_own_suspicion():
     m = make("a")
     m.apply(1.0, upd("b", DEAD, origin="c"))
     assert m.state_of("b") == SUSPECT
-    # ...which a refutation still clears; once suspected, a dead verdict is accepted.
+    # ...which a refutation still clears; once suspected, a dead verdict confirms the
+    # suspicion (shrinking its timer) and our own timer declares the death.
     m.apply(1.1, upd("b", ALIVE, 1))
     assert m.state_of("b") == ALIVE
     m.apply(1.2, upd("b", SUSPECT, 1, origin="c"))
     m.apply(1.3, upd("b", DEAD, 1, origin="d"))
+    assert m.state_of("b") == SUSPECT
+    deadline = m.suspicion_deadline("b")
+    assert deadline is not None
+    m.tick(deadline + 0.01)
     assert m.state_of("b") == DEAD
+
+
+def test_a_stale_dead_verdict_arriving_twice_does_not_kill_a_live_member():
+    # Found by `statemesh chaos` (3 hosts, seed 1): after a 1|2 partition healed, the
+    # minority's verdicts "p0 dead" and "p1 dead" reached p1 and p0 twice within 10 ms;
+    # the first copy started a suspicion, the second declared a live member dead before
+    # its refutation could arrive, and a live owner's session was taken over.
+    m = make("a", others="bc")
+    m.apply(1.0, upd("b", DEAD, origin="c"))
+    m.apply(1.01, upd("b", DEAD, origin="c"))
+    m.apply(1.02, upd("b", DEAD, origin="d"))
+    assert m.state_of("b") == SUSPECT
+    assert not events_of(m, MemberDead)
+    m.apply(1.1, upd("b", ALIVE, 1))  # the accused, told directly, refutes in time
+    assert m.state_of("b") == ALIVE
 
 
 def test_push_pull_merge_of_a_stale_dead_view_does_not_accuse_live_members():
@@ -293,7 +313,7 @@ def test_dead_and_left_members_are_reaped():
     cfg = lan().with_(reap_after=5.0)
     m = make("a", "bcd", cfg)
     m.apply(1.0, upd("b", SUSPECT, origin="c"))
-    m.apply(1.0, upd("b", DEAD, origin="c"))
+    m.apply(1.0, upd("b", DEAD, 1, origin="c"))  # a later incarnation: no suspicion first
     m.apply(1.0, upd("c", LEFT, 0, origin="c"))
     m.take()
     m.tick(5.5)
