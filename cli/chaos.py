@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--converge-timeout", type=float, default=90.0, help="seconds to wait for agreement"
     )
+    p.add_argument("--keep", metavar="DIR", help="copy agent logs and the timeline here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             converge_timeout=args.converge_timeout,
             progress=lambda msg: print(f"[chaos] {msg}", file=sys.stderr, flush=True),
             tick=_ticker(args.minutes * 60.0),
+            keep=Path(args.keep) if args.keep else None,
         )
     except LocalError as exc:
         return _fail(str(exc))

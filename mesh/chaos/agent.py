@@ -35,7 +35,14 @@ import trio
 
 from crdt_types.errors import CommitTimeout, NotOwner, StatemeshError, StorageError
 from crdt_types.fingerprint import fingerprint_hex
-from gossip.events import WorkloadFenced
+from gossip.events import (
+    MemberAlive,
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspected,
+    WorkloadFenced,
+)
 from mesh.failover import SessionTakenOver
 
 __all__ = ["LEVELS", "main", "parser"]
@@ -43,6 +50,13 @@ __all__ = ["LEVELS", "main", "parser"]
 # The commit levels an agent draws from; 0 is local durability only.
 LEVELS: tuple[int | str, ...] = (0, 1, 2, "all")
 COMMIT_TIMEOUT = 3.0
+MEMBER_EVENTS = {
+    MemberJoined: "alive",
+    MemberAlive: "alive",
+    MemberSuspected: "suspect",
+    MemberDead: "dead",
+    MemberLeft: "left",
+}
 
 
 def say(event: str, **fields: Any) -> None:
@@ -184,6 +198,8 @@ async def main(args: argparse.Namespace) -> None:
                                     epoch=ev.epoch,
                                     covered=ev.covered,
                                 )
+                            elif isinstance(ev, tuple(MEMBER_EVENTS)):
+                                say("member", node=ev.node, state=MEMBER_EVENTS[type(ev)])
                             elif isinstance(ev, WorkloadFenced):
                                 say("fenced", session=ev.workload, owner=ev.owner, epoch=ev.epoch)
 

@@ -151,6 +151,7 @@ class Campaign:
         converge_timeout: float = CONVERGE_TIMEOUT,
         progress: Callable[[str], None] | None = None,
         tick: Callable[[float], None] | None = None,
+        keep: Path | None = None,
     ) -> None:
         if isinstance(hosts, bool) or not isinstance(hosts, int) or not 3 <= hosts <= 16:
             raise LocalError(f"hosts must be an int in 3..16, got {hosts!r}")
@@ -191,11 +192,16 @@ class Campaign:
         self._status: dict[str, list[str]] = {}
         self._go_sent: set[str] = set()
         self._closed = False
+        self.t0 = 0.0
+        self.keep = keep
+        self.timeline: list[str] = []
 
     # --- events -------------------------------------------------------------------------
 
     def _handle(self, name: str, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
+        if self.keep is not None and kind not in ("dump", "acked"):
+            self.timeline.append(json.dumps({"peer": name, **ev}))
         if kind == "ready":
             self._ready[name] = ev["t"]
         elif kind == "acked":
@@ -349,7 +355,9 @@ class Campaign:
             if self._pump_ticking(t0, min(end, t0 + fault.at)):
                 break
             start = time.monotonic()
-            self._say(f"t={start - t0:5.1f}s {fault.kind} on {[f'p{h}' for h in fault.hosts]}")
+            what = f"{fault.kind} on {[f'p{h}' for h in fault.hosts]}"
+            self._say(f"t={start - t0:5.1f}s {what}")
+            self.timeline.append(json.dumps({"fault": what, "t": start, "sides": fault.sides}))
             heal = self._apply(fault)
             self.counts[fault.kind] = self.counts.get(fault.kind, 0) + 1
             self._pump_ticking(t0, min(end, start + fault.duration))
@@ -428,7 +436,7 @@ class Campaign:
                 raise LocalError(f"membership did not settle in {SETTLE_TIMEOUT} s")
             for a in self.agents:
                 a.send("go")
-            t0 = time.monotonic()
+            t0 = self.t0 = time.monotonic()
             self._say(f"writing; {len(self.schedule)} faults over {self.seconds:g} s")
             self._run_faults(t0)
             self._say("healing everything")
@@ -469,7 +477,12 @@ class Campaign:
                 "divergent": list(v.divergent),
                 "split": list(v.split),
                 "false_takeovers": [
-                    f"{c.session} {c.previous}->{c.owner} epoch {c.epoch}" for c in v.false
+                    f"{c.session} {c.previous}->{c.owner} epoch {c.epoch} t={c.t - self.t0:.2f}"
+                    for c in v.false
+                ],
+                "windows": [
+                    f"{w.node} {w.kind} {w.start - self.t0:.2f}..{w.end - self.t0:.2f}"
+                    for w in self.windows
                 ],
                 "survivors": survivors,
             }
@@ -499,6 +512,13 @@ class Campaign:
                 ["umount", "-l", str(self.mounted)], timeout=10, capture_output=True, check=False
             )
         if self.root is not None:
+            if self.keep is not None:
+                # What a failing run leaves to read: every agent's log and the timeline.
+                self.keep.mkdir(parents=True, exist_ok=True)
+                for log in self.root.glob("*.log"):
+                    shutil.copy(log, self.keep / log.name)
+                (self.keep / "timeline.jsonl").write_text("\n".join(self.timeline) + "\n")
+                (self.keep / "schedule.json").write_text(self.schedule_json())
             shutil.rmtree(self.root, ignore_errors=True)
 
 
