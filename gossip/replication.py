@@ -6,6 +6,14 @@
   pushed at once to `fanout` random peers and pushed again on each of the next few ticks,
   about `retransmit_mult * log10(N + 1)` rounds in all. Updates are recognised by a hash of
   (doc_id, update) kept in a bounded cache, so duplicates are neither applied nor forwarded.
+  Each rumour remembers which peers are known to hold it (its origin, whoever sent it to
+  us, peers whose replica ack, rumour or anti-entropy state vector covers it), pushes only
+  to the others, and ends early once every peer holds it: with acks arriving within a
+  round, a writer's rumour costs one copy per peer instead of one per peer per round. A
+  receiver does not forward what it got straight from the writer when the writer could
+  reach every peer itself (at most `fanout` peers): the writer retransmits to whoever has
+  not acked, so forwarding would only add duplicates. A duplicate is answered with a
+  replica ack, so its sender stops pushing it to us too.
 * **Anti-entropy (push-pull).** Every `anti_entropy_interval` one random peer gets a
   `Digest`: the root of a hash tree (`gossip.digest`) over every document's *fingerprint*.
   Equal roots end the exchange, so an idle round costs O(1) bytes whatever the number of
@@ -60,6 +68,11 @@ MESSAGE_OVERHEAD = 4096 + 64
 MAX_CONFIG_BUCKETS = 16384  # 16384 hashes of 16 bytes: 256 KiB in one DigestBuckets
 
 Send = tuple[str, object]
+
+# After its first retransmit round a rumour's acks have had a round trip to arrive, so the
+# peers not known to hold it are mostly peers that lack it: push to all of them, up to
+# this many times the fanout (lost acks must not make a round cost O(N) copies).
+LATE_ROUND_SPREAD = 4
 
 
 # --- events ----------------------------------------------------------------------------
@@ -210,9 +223,14 @@ class _Rumour:
     doc_id: str
     update: bytes
     origin: str
-    state_vector: bytes
-    exclude: frozenset[str]  # who certainly has it already (origin, who sent it to us)
+    state_vector: bytes  # of the document right after the update: covering it means holding it
+    holders: set[str]  # peers known to hold it already: never pushed to again
     rounds_left: int
+    # A pure delete does not advance the state vector (FIELD-NOTES), so a vector covering
+    # ours proves nothing for it: only direct evidence (the peer sent it) counts then.
+    by_vector: bool = True
+    clocks: dict[int, int] | None = None  # state_vector decoded, on first use
+    fresh: bool = True  # no tick since it started: acks for its first copies are in flight
 
 
 @dataclass(slots=True)
@@ -256,6 +274,8 @@ class Replicator:
         self._tree = HashTree(self.config.buckets)
         self._peers: list[str] = []
         self._rumours: dict[bytes, _Rumour] = {}
+        self._doc_rumours: dict[str, dict[bytes, None]] = {}  # doc_id -> keys of its rumours
+        self._dirty: dict[str, None] = {}  # documents whose leaf in the tree is stale
         self._seen: dict[bytes, None] = {}  # insertion-ordered: evict oldest first
         self._sessions: dict[int, tuple[str, float]] = {}
         self._transfers: dict[tuple[str, int], _Transfer] = {}
@@ -276,16 +296,27 @@ class Replicator:
     def rebuild(self) -> None:
         """Recompute the hash tree from every document the replica holds (O(documents))."""
         self._tree = HashTree(self.config.buckets)
+        self._dirty = {}
         for doc_id in self.replica.doc_ids():
             self._tree.set(doc_id, self.replica.fingerprint(doc_id))
 
     def refresh(self, doc_id: str) -> None:
-        """Re-read the fingerprint of `doc_id` after it changed outside this replicator."""
-        self._tree.set(doc_id, self.replica.fingerprint(doc_id))
+        """Note that `doc_id` changed outside this replicator (its leaf is re-read lazily)."""
+        # A fingerprint costs a delete-set encoding; a hot document changes many times
+        # between two anti-entropy rounds, and only those rounds read the tree.
+        self._dirty[doc_id] = None
+
+    def _sync_tree(self) -> None:
+        """Bring every stale leaf up to date; call before reading the tree."""
+        if self._dirty:
+            dirty, self._dirty = self._dirty, {}
+            for doc_id in dirty:
+                self._tree.set(doc_id, self.replica.fingerprint(doc_id))
 
     @property
     def root(self) -> bytes:
         """The current root of the digest tree (equal on converged replicas)."""
+        self._sync_tree()
         return self._tree.root
 
     def set_peers(self, peers: Iterable[str]) -> None:
@@ -313,8 +344,9 @@ class Replicator:
             update,
             self.node_id,
             self.replica.state_vector(doc_id),
-            frozenset(),
+            set(),
             self._rounds(),
+            _has_structs(update),
         )
         self._push(sends, rumour, targets)
         self._add_rumour(key, rumour)
@@ -326,19 +358,36 @@ class Replicator:
         sends: list[Send] = []
         self._expire(now)
         if self._rumours:
-            targets = self._pick(self.config.fanout, ())
+            fanout = self.config.fanout
+            live = set(self._peers)
             for key in list(self._rumours):
                 rumour = self._rumours[key]
-                self._push(sends, rumour, [p for p in targets if p not in rumour.exclude])
+                fresh = rumour.fresh
+                rumour.fresh = False
                 rumour.rounds_left -= 1
+                if rumour.origin != self.node_id and rumour.origin in live:
+                    # The writer is alive and retransmits itself, to exactly the peers
+                    # that have not acked it (every receiver acks the writer); a copy
+                    # from us could only be a guess. We step in if it is not alive.
+                    pass
+                else:
+                    # Only peers not known to hold it: an ack or a covering vector from
+                    # a peer ends its copies, and a rumour every peer holds ends at once.
+                    pool = [p for p in self._peers if p not in rumour.holders]
+                    if not pool:
+                        self._drop_rumour(key)
+                        continue
+                    k = fanout if fresh else fanout * LATE_ROUND_SPREAD
+                    targets = pool if len(pool) <= k else self._rng.sample(pool, k)
+                    self._push(sends, rumour, targets)
                 if rumour.rounds_left <= 0:
-                    del self._rumours[key]
+                    self._drop_rumour(key)
         self._resync(now, sends)
         if self._peers and (self._next_anti_entropy is None or now >= self._next_anti_entropy):
             self._next_anti_entropy = now + self.config.anti_entropy_interval
             peer = self._rng.choice(self._peers)
             session = self._new_session(now, peer)
-            sends.append((peer, Digest(session, self._tree.root, len(self._tree))))
+            sends.append((peer, Digest(session, self.root, len(self._tree))))
             self.stats.digests_sent += 1
         self._flush_acks(sends)
         return self._shape(now, sends)
@@ -391,6 +440,7 @@ class Replicator:
         and the messages to send.
         """
         session = self._new_session(now, peer)
+        self._sync_tree()
         entries = tuple(
             self._entry(d) if d in self._tree else (d, EMPTY_STATE_VECTOR, b"", EMPTY_STATE_VECTOR)
             for d in sorted(set(doc_ids))
@@ -403,12 +453,20 @@ class Replicator:
 
     def replicas_covering(self, doc_id: str, state_vector: bytes) -> list[str]:
         """Peers whose reported durable vector of `doc_id` covers `state_vector`, sorted."""
-        want = decode_state_vector(state_vector)
+        want: dict[int, int] | None = None
         out = []
         for node, docs in self._peer_durable.items():
             sv = docs.get(doc_id)
-            if sv is not None and _covers(decode_state_vector(sv), want):
-                out.append(node)
+            if sv is None:
+                continue
+            # Committers ask after every ack; a peer that reports exactly the vector
+            # waited for (the usual case) needs no decoding.
+            if sv != state_vector:
+                if want is None:
+                    want = decode_state_vector(state_vector)
+                if not _covers(decode_state_vector(sv), want):
+                    continue
+            out.append(node)
         return sorted(out)
 
     def forget_peer(self, node: str) -> None:
@@ -497,9 +555,37 @@ class Replicator:
 
     def _add_rumour(self, key: bytes, rumour: _Rumour) -> None:
         self._rumours[key] = rumour
+        self._doc_rumours.setdefault(rumour.doc_id, {})[key] = None
         while len(self._rumours) > self.config.max_rumours:
-            del self._rumours[next(iter(self._rumours))]
+            self._drop_rumour(next(iter(self._rumours)))
             self.stats.rumours_evicted += 1
+
+    def _drop_rumour(self, key: bytes) -> None:
+        rumour = self._rumours.pop(key, None)
+        if rumour is None:
+            return
+        keys = self._doc_rumours.get(rumour.doc_id)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._doc_rumours[rumour.doc_id]
+
+    def _note_holder(self, peer: str, doc_id: str, sv: bytes) -> None:
+        """`peer` holds `sv` of `doc_id` (validated): stop pushing it what that covers."""
+        keys = self._doc_rumours.get(doc_id)
+        if not keys or not sv or sv == EMPTY_STATE_VECTOR:
+            return
+        clocks = None
+        for key in keys:
+            rumour = self._rumours.get(key)
+            if rumour is None or not rumour.by_vector or peer in rumour.holders:
+                continue
+            if clocks is None:
+                clocks = decode_state_vector(sv)
+            if rumour.clocks is None:
+                rumour.clocks = decode_state_vector(rumour.state_vector)
+            if _covers(clocks, rumour.clocks):
+                rumour.holders.add(peer)
 
     def _push(self, sends: list[Send], rumour: _Rumour, targets: Iterable[str]) -> None:
         msg = DocUpdate(rumour.doc_id, rumour.update, rumour.origin, rumour.state_vector)
@@ -517,15 +603,20 @@ class Replicator:
         if key in self._seen:
             self.stats.duplicates += 1
             rumour = self._rumours.get(key)
-            if rumour is not None and self.config.rumour_feedback:
-                # Demers' "feedback" rumour mongering: hearing a rumour back means many
-                # peers know it already, so lose interest faster.
-                rumour.rounds_left -= 1
-                if rumour.rounds_left <= 0:
-                    del self._rumours[key]
-            if sender == origin:
-                # The writer retransmits: our earlier ack may have been lost.
-                self._want_ack(msg.doc_id, (sender,))
+            if rumour is not None:
+                rumour.holders.add(sender)
+                rumour.holders.add(origin)
+                if self.config.rumour_feedback:
+                    # Demers' "feedback" rumour mongering: hearing a rumour back means
+                    # many peers know it already, so lose interest faster.
+                    rumour.rounds_left -= 1
+                    if rumour.rounds_left <= 0:
+                        self._drop_rumour(key)
+            if msg.state_vector:
+                self._note_holder(sender, msg.doc_id, _checked_sv(msg.state_vector))
+            # Ack it: the writer may have lost our earlier ack, and any other sender
+            # learns we hold it and stops pushing it to us.
+            self._want_ack(msg.doc_id, (sender,))
             return
         self._remember(msg.doc_id, msg.update)
         if not self._apply(msg.doc_id, msg.update, origin, events):
@@ -535,14 +626,22 @@ class Replicator:
             msg.update,
             origin,
             self.replica.state_vector(msg.doc_id),
-            frozenset((sender, origin)),
+            {sender, origin},
             self._rounds(),
+            _has_structs(msg.update),
         )
-        self._push(sends, rumour, self._pick(self.config.fanout, rumour.exclude))
-        self._add_rumour(key, rumour)
         self._want_ack(msg.doc_id, (sender, origin))
         if msg.state_vector:
+            # Raises RemoteError on a vector that does not decode (after the update,
+            # which was fine, was applied: nothing valid is lost).
             self._expect_cover(now, sender, msg.doc_id, msg.state_vector)
+            self._note_holder(sender, msg.doc_id, msg.state_vector)
+        if sender == origin and len(self._peers) <= self.config.fanout:
+            # The writer pushed it to every peer itself and retransmits to those that
+            # have not acked: a copy from us would only be a duplicate.
+            return
+        self._push(sends, rumour, self._pick(self.config.fanout, rumour.holders))
+        self._add_rumour(key, rumour)
 
     def _apply(self, doc_id: str, update: bytes, origin: str, events: list[object]) -> bool:
         """Apply remote bytes; False if they were garbage (counted, state unchanged)."""
@@ -575,7 +674,7 @@ class Replicator:
         return True
 
     def _on_digest(self, sender: str, msg: Digest, sends: list[Send]) -> None:
-        if msg.root == self._tree.root and msg.documents == len(self._tree):
+        if msg.root == self.root and msg.documents == len(self._tree):
             self.stats.digests_matched += 1
             return
         sends.append((sender, DigestBuckets(msg.session, self._tree.bucket_hashes(), True)))
@@ -583,6 +682,7 @@ class Replicator:
     def _on_buckets(self, sender: str, msg: DigestBuckets, sends: list[Send]) -> None:
         if not msg.reply or not self._session_peer_ok(msg.session, sender):
             return
+        self._sync_tree()
         if len(msg.buckets) != self._tree.buckets:
             raise RemoteError(
                 f"{sender} uses {len(msg.buckets)} digest buckets, we use {self._tree.buckets}"
@@ -627,6 +727,7 @@ class Replicator:
     ) -> None:
         if not msg.reply and not self._session_peer_ok(msg.session, sender):
             return
+        self._sync_tree()
         nb = self._tree.buckets
         if any(not isinstance(b, int) or not 0 <= b < nb for b in msg.bucket_ids):
             raise RemoteError(f"{sender} named a digest bucket outside 0..{nb - 1}")
@@ -645,8 +746,9 @@ class Replicator:
             considered.update(d for d in theirs if bucket_of(d, nb) in wanted_buckets)
         else:
             considered = set(theirs)
-        for doc_id, (_, _, durable) in theirs.items():
+        for doc_id, (sv, _, durable) in theirs.items():
             self._record_durable(sender, doc_id, durable, events)
+            self._note_holder(sender, doc_id, sv)
         ours: list[tuple[str, bytes, bytes, bytes]] = []
         diffs: list[tuple[str, bytes]] = []
         for doc_id in sorted(considered):
@@ -835,6 +937,7 @@ class Replicator:
             checked.append((doc_id, sv))
         for doc_id, sv in checked:
             self._record_durable(sender, doc_id, sv, events)
+            self._note_holder(sender, doc_id, sv)
 
     def _record_durable(self, node: str, doc_id: str, sv: bytes, events: list[object]) -> None:
         if sv == EMPTY_STATE_VECTOR or node == self.node_id:
@@ -860,6 +963,20 @@ class Replicator:
 def _update_key(doc_id: str, update: bytes) -> bytes:
     raw = doc_id.encode("utf-8")
     return blake3.blake3(b"".join((len(raw).to_bytes(4, "big"), raw, update))).digest(16)
+
+
+def _checked_sv(sv: bytes) -> bytes:
+    """`sv` if it decodes, else an empty vector (evidence of nothing)."""
+    try:
+        decode_state_vector(sv)
+    except (InvalidValue, TypeError):
+        return EMPTY_STATE_VECTOR
+    return sv
+
+
+def _has_structs(update: bytes) -> bool:
+    # A v1 update starts with its number of client struct groups: 0 means a pure delete.
+    return update[:1] != b"\x00"
 
 
 def _covers(ours: dict[int, int], theirs: dict[int, int]) -> bool:

@@ -210,7 +210,8 @@ def test_duplicate_update_is_neither_applied_nor_forwarded():
     a, b = MemoryReplica(), MemoryReplica()
     ra = Replicator("a", a, random.Random(3), FAST)
     rb = Replicator("b", b, random.Random(4), FAST)
-    rb.set_peers(["a", "c", "d"])
+    # More peers than the fanout: the writer cannot have reached them all, so b forwards.
+    rb.set_peers(["a", "c", "d", "e", "f"])
     ra.set_peers(["b"])
     (dest, msg), *_ = ra.on_local_update(0.0, "d", write(a, "d", _hello))
     sends1, events1 = rb.receive(0.0, "a", msg)
