@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = campaign.run()
-    except StatemeshError as exc:
-        return _fail(str(exc))
+    except (StatemeshError, OSError, subprocess.SubprocessError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc} (seed {seed})")
     finally:
         signal.signal(signal.SIGTERM, previous)
         _ticker_done()

@@ -298,15 +298,15 @@ class Campaign:
     # --- faults ---------------------------------------------------------------------------
 
     def _fill_disk(self) -> None:
+        """Take every free byte of the tmpfs with a filler file (bounded: 256 MiB)."""
         assert self.mounted is not None
-        chunk = b"\0" * (1 << 20)
-        with open(self.mounted / "filler", "wb") as f:
-            for size in (1 << 20, 1 << 12, 1 << 8):
+        # Unbuffered: every write either lands or fails now, none is left for close().
+        with open(self.mounted / "filler", "wb", buffering=0) as f:
+            for size in (1 << 20, 1 << 12, 1 << 8, 1):
                 chunk = b"\0" * size
-                for _ in range(256 * (1 << 20) // size):  # bounded: at most 256 MiB
+                for _ in range(256 * (1 << 20) // size):
                     try:
                         f.write(chunk)
-                        f.flush()
                     except OSError:
                         break
 

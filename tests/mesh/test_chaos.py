@@ -1,0 +1,325 @@
+"""The chaos checker on synthetic histories, the fault schedule, and the agent in process.
+
+The checker must detect each thing the promise forbids (a lost acknowledged write at each
+level, divergence, split brain, a false takeover) and must not count what the promise
+allows (a local ack whose writer's disk was lost, a takeover of a killed or cut-off
+owner). The schedule is a pure function of its seed and replays through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from crdt_types.errors import LocalError
+from mesh.chaos import (
+    FAULT_KINDS,
+    Ack,
+    Fault,
+    FaultWindow,
+    OwnerChange,
+    Replica,
+    check,
+    dump_schedule,
+    load_schedule,
+    plan,
+)
+from mesh.chaos.schedule import impaired
+
+NODES = ["p0", "p1", "p2"]
+
+
+def replicas(tokens: dict[str, set[str]], owner="p0", epoch=1, fp=None, nodes=NODES, sid="s"):
+    """Every node's view of session `sid`: the tokens it holds, one owner, a fingerprint."""
+    return [
+        Replica(n, sid, owner, epoch, fp or f"fp{sorted(tokens[n])}", frozenset(tokens[n]))
+        for n in nodes
+    ]
+
+
+def ack(token: str, level=1, writer="p0", t=1.0, sid="s") -> Ack:
+    return Ack(sid, token, level, writer, t)
+
+
+# --- acked writes -----------------------------------------------------------------------
+
+
+def test_every_ack_present_everywhere_is_clean():
+    held = {n: {"a", "b"} for n in NODES}
+    v = check([ack("a", 0), ack("b", "all")], [], [], replicas(held), NODES)
+    assert v.ok and v.acked_writes == 2 and v.acked_lost == 0 and v.converged
+    assert v.by_level == {"local": 1, "all": 1}
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, "all"])
+def test_a_lost_write_is_detected_at_every_level(level):
+    held = {"p0": {"a"}, "p1": {"a"}, "p2": set()}
+    v = check([ack("a", level)], [], [], replicas(held, fp="same"), NODES)
+    assert v.acked_lost == 1 and not v.ok
+    assert v.lost == (ack("a", level),)
+
+
+def test_a_write_missing_on_every_survivor_is_lost():
+    held = {n: set() for n in NODES}
+    v = check([ack("a", 2)], [], [], replicas(held), NODES)
+    assert v.acked_lost == 1
+
+
+def test_a_session_missing_on_a_survivor_loses_its_acks_and_diverges():
+    reps = [r for r in replicas({n: {"a"} for n in NODES}) if r.node != "p2"]
+    v = check([ack("a", 1)], [], [], reps, NODES)
+    assert v.acked_lost == 1 and not v.converged and v.divergent == ("s",)
+    assert v.split_brain_after_heal == 1
+
+
+def test_a_local_ack_is_promised_only_while_its_writers_disk_survives():
+    held = {n: set() for n in NODES}
+    v = check([ack("a", 0, writer="p0")], [], [], replicas(held), NODES, lost_disks=["p0"])
+    assert v.acked_lost == 0
+    # ...but replicas=1 must survive the loss of the writer's disk.
+    v = check([ack("b", 1, writer="p0")], [], [], replicas(held), NODES, lost_disks=["p0"])
+    assert v.acked_lost == 1
+
+
+# --- convergence and split brain --------------------------------------------------------
+
+
+def test_different_fingerprints_are_not_converged():
+    reps = replicas({n: {"a"} for n in NODES})
+    reps[1] = Replica("p1", "s", "p0", 1, "other", frozenset({"a"}))
+    v = check([ack("a")], [], [], reps, NODES)
+    assert not v.converged and v.divergent == ("s",) and v.acked_lost == 0
+
+
+def test_two_owners_after_heal_is_split_brain():
+    reps = replicas({n: {"a"} for n in NODES})
+    reps[2] = Replica("p2", "s", "p2", 2, reps[2].fingerprint, reps[2].tokens)
+    v = check([], [], [], reps, NODES)
+    assert v.split_brain_after_heal == 1 and v.split == ("s",)
+
+
+def test_an_owner_below_the_highest_epoch_seen_is_split_brain():
+    reps = replicas({n: set() for n in NODES}, owner="p0", epoch=2)
+    change = OwnerChange("s", "p1", 3, "p0", 5.0)
+    window = FaultWindow("p0", "kill", 4.0, 6.0)
+    v = check([], [change], [window], reps, NODES)
+    assert v.split_brain_after_heal == 1 and v.false_takeovers == 0
+
+
+def test_an_owner_that_is_not_a_survivor_is_split_brain():
+    reps = replicas({n: set() for n in ["p0", "p1"]}, owner="p2", nodes=["p0", "p1"])
+    v = check([], [], [], reps, ["p0", "p1"])
+    assert v.split_brain_after_heal == 1
+
+
+# --- takeovers ----------------------------------------------------------------------------
+
+
+def test_a_takeover_of_a_healthy_owner_is_false():
+    change = OwnerChange("s", "p1", 2, "p0", 30.0)
+    # p0 was impaired long before (outside the grace window) and p2 now: neither counts.
+    windows = [FaultWindow("p0", "kill", 1.0, 5.0), FaultWindow("p2", "stop", 29.0, 31.0)]
+    reps = replicas({n: set() for n in NODES}, owner="p1", epoch=2)
+    v = check([], [change], windows, reps, NODES, grace=10.0)
+    assert v.false_takeovers == 1 and v.false == (change,) and not v.ok
+
+
+@pytest.mark.parametrize("kind", ["kill", "stop", "partition", "oneway", "loss", "leave"])
+def test_a_takeover_of_an_impaired_owner_is_justified(kind):
+    change = OwnerChange("s", "p1", 2, "p0", 12.0)
+    windows = [FaultWindow("p0", kind, 10.0, 11.0)]
+    reps = replicas({n: set() for n in NODES}, owner="p1", epoch=2)
+    v = check([], [change], windows, reps, NODES, grace=5.0)
+    assert v.false_takeovers == 0 and v.ok
+
+
+def test_rto_is_the_time_from_kill_to_the_takeover_of_the_killed_owner():
+    changes = [OwnerChange("s", "p1", 2, "p0", 10.75), OwnerChange("t", "p2", 2, "p1", 20.2)]
+    windows = [FaultWindow("p0", "kill", 10.0, 13.0), FaultWindow("p1", "stop", 20.0, 21.0)]
+    v = check([], changes, windows, [], [])
+    assert v.max_rto_ms == pytest.approx(750.0)
+    assert check([], [], windows, [], []).max_rto_ms is None
+
+
+# --- schedule -------------------------------------------------------------------------------
+
+
+def test_plan_is_a_function_of_the_seed_and_covers_every_kind():
+    a = plan(random.Random(5), 5, 120.0, disk_host=3)
+    b = plan(random.Random(5), 5, 120.0, disk_host=3)
+    assert a == b, "seed 5"
+    assert {f.kind for f in a} == set(FAULT_KINDS)
+    assert all(f.hosts == (3,) for f in a if f.kind == "disk_full")
+    for x, y in zip(a, a[1:], strict=False):
+        assert y.at >= x.end, (x, y)
+    assert a[-1].end <= 120.0
+    assert plan(random.Random(6), 5, 120.0) != a
+
+
+def test_plan_is_bounded_in_count_and_time():
+    assert len(plan(random.Random(1), 3, 10_000.0, max_faults=7)) == 7
+    assert plan(random.Random(1), 3, 2.0) == []
+
+
+def test_partitions_leave_a_majority_and_impair_only_the_minority():
+    for seed in range(50):
+        for f in plan(random.Random(seed), 5, 300.0):
+            if f.kind == "partition":
+                small, big = f.sides
+                assert len(small) <= 2 and len(big) >= 3, (seed, f)
+                assert impaired(f, 5) == set(small), (seed, f)
+            elif f.kind == "oneway":
+                lone = set(f.hosts)
+                assert impaired(f, 5) == lone, (seed, f)
+            elif f.kind == "disk_full":
+                assert impaired(f, 5) == set(), (seed, f)
+            else:
+                assert impaired(f, 5) == set(f.hosts), (seed, f)
+
+
+def test_schedule_round_trips_through_json():
+    faults = plan(random.Random(9), 5, 200.0)
+    text = dump_schedule(faults, seed=9, hosts=5)
+    assert json.loads(text)["seed"] == 9
+    assert load_schedule(text, 5) == faults
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not json", "not JSON"),
+        ("[]", "list 'faults'"),
+        ('{"faults": [1]}', "not an object"),
+        ('{"faults": [{"kind": "kill"}]}', "KeyError"),
+        ('{"faults": [{"at": 1, "kind": "nuke", "hosts": [0], "duration": 1}]}', "unknown fault"),
+        ('{"faults": [{"at": 1, "kind": "kill", "hosts": [7], "duration": 1}]}', "no host 7"),
+        ('{"faults": [{"at": 1, "kind": "kill", "hosts": [], "duration": 1}]}', "names no host"),
+        ('{"faults": [{"at": 1, "kind": "kill", "hosts": [0], "duration": 0}]}', "duration > 0"),
+        ('{"faults": [{"at": 1, "kind": "oneway", "hosts": [0], "duration": 1}]}', "two sides"),
+        ('{"faults": [{"at": 1, "kind": "loss", "hosts": [0], "duration": 1}]}', "percent"),
+        (
+            '{"faults": [{"at": 1, "kind": "kill", "hosts": [0], "duration": 5},'
+            ' {"at": 2, "kind": "stop", "hosts": [1], "duration": 1}]}',
+            "overlap",
+        ),
+    ],
+)
+def test_bad_schedules_are_refused_with_a_clear_error(text, message):
+    with pytest.raises(LocalError, match=message):
+        load_schedule(text, 3)
+
+
+def test_bad_plan_arguments_are_refused():
+    with pytest.raises(LocalError, match="at least 3 hosts"):
+        plan(random.Random(0), 2, 60.0)
+    with pytest.raises(LocalError, match="unknown fault kinds"):
+        plan(random.Random(0), 3, 60.0, kinds=["meteor"])
+
+
+def test_fault_end_is_start_plus_duration():
+    assert Fault(2.0, "kill", (0,), 1.5).end == 3.5
+
+
+# --- the agent process, on loopback (no root needed) ------------------------------------
+
+
+class _Proc:
+    """An agent process and a thread that queues its JSON lines."""
+
+    def __init__(self, argv: list[str], log) -> None:
+        import queue
+        import subprocess
+        import threading
+
+        self.events: queue.Queue = queue.Queue()
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        self.seen: list[dict] = []
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:
+            try:
+                self.events.put(json.loads(raw))
+            except ValueError:
+                continue
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, match, timeout: float) -> dict:
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                ev = self.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.seen.append(ev)
+            if match(ev):
+                return ev
+        raise AssertionError(f"timed out; last events: {self.seen[-10:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.mark.timeout(90)
+def test_agents_ack_only_what_they_hold_and_dump_it(tmp_path):
+    import os
+    import sys
+
+    from gossip.keyring import write_key_file
+
+    key = tmp_path / "k"
+    write_key_file(key, os.urandom(32))
+    procs = []
+    try:
+        address = None
+        for name in ("a", "b"):
+            argv = [
+                sys.executable, "-m", "mesh.chaos.agent", "--node", name,
+                "--data", str(tmp_path / name), "--key-file", str(key),
+                "--listen", "127.0.0.1:0", "--cluster", f"chaos-test-{os.getpid()}",
+                "--sessions", f"{name}1", "--interval", "0.05", "--seed", "3",
+            ]  # fmt: skip
+            if address:
+                argv += ["--join", address]
+            p = _Proc(argv, open(tmp_path / f"{name}.log", "wb"))  # noqa: SIM115
+            procs.append(p)
+            ready = p.wait_for(lambda e: e["event"] == "ready", 30)
+            address = address or ready["address"]
+        for p in procs:
+            p.send("go")
+        for p in procs:
+            # replicas=1 needs the other peer: it proves the two are talking.
+            p.wait_for(lambda e: e["event"] == "acked" and e["level"] == 1, 30)
+        for p in procs:
+            p.send("halt")
+            p.wait_for(lambda e: e["event"] == "halted", 10)
+        levels = {e["level"] for p in procs for e in p.seen if e["event"] == "acked"}
+        assert 1 in levels and 2 not in levels, levels  # replicas=2 needs three nodes
+        for p in procs:
+            p.send("dump")
+        dumps = [p.wait_for(lambda e: e["event"] == "dump", 10)["sessions"] for p in procs]
+        # Each agent holds at least its own session, with every token it acknowledged.
+        for p, d in zip(procs, dumps, strict=True):
+            mine = [e for e in p.seen if e["event"] == "acked"]
+            for e in mine:
+                assert e["token"] in d[e["session"]]["tokens"], e
+                assert d[e["session"]]["owner"] == p.seen[0]["node"]
+                assert d[e["session"]]["epoch"] == 1
+        p.send("dump brief")
+        brief = procs[-1].wait_for(lambda e: e["event"] == "dump", 10)["sessions"]
+        assert all("tokens" not in v and "fingerprint" in v for v in brief.values())
+    finally:
+        for p in procs:
+            p.close()
