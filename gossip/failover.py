@@ -693,7 +693,8 @@ class FailoverState:
         saved = copy.copy(self.membership)
         states = {n: m.state for n, m in view.members.items()}
         heard = {n: m.heard for n, m in view.members.items() if m.heard is not None}
-        self.membership.observe(now, states, heard)
+        up_since = {n: m.since for n, m in view.members.items()}
+        self.membership.observe(now, states, heard, up_since)
         view = FailoverView(
             self.me,
             view.members,

@@ -105,6 +105,7 @@ class StableMembership:
             # Whatever was persisted, we are a member now.
             self._stable = restored | {me}
         self._candidate: frozenset[str] | None = None
+        self._missing_since: float | None = None  # since when a stable member is down
         self._since = -math.inf
         self._last = -math.inf
         self._adopted = -math.inf
@@ -119,8 +120,17 @@ class StableMembership:
         """When the stable set was last adopted under quorum (-inf: restored or never)."""
         return self._adopted
 
-    def observe(self, now: float, states: Mapping[str, str], heard: Mapping[str, float]) -> bool:
-        """Feed member states and last-heard times at `now`; True if the stable set changed."""
+    def observe(
+        self,
+        now: float,
+        states: Mapping[str, str],
+        heard: Mapping[str, float],
+        up_since: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Feed member states, last-heard times (and when each entered its state) at `now`.
+
+        Returns True if the stable set changed.
+        """
         _check_states(states)
         _check_heard(heard)
         changed = False
@@ -133,22 +143,45 @@ class StableMembership:
             self._candidate = up
             self._since = now
         self._last = now
+        removed = self._stable - up if self._stable is not None else frozenset()
+        if not removed:
+            self._missing_since = None
+        elif self._missing_since is None:
+            self._missing_since = now
         settled = now - self._since >= self.settle and up != self._stable
         # Evidence must postdate the change: a member still listed alive but not heard
-        # from since may be on the far side of the partition that caused it.
-        if settled and (self._stable is None or self.has_quorum(states, heard, self._since)):
+        # from since may be on the far side of the partition that caused it. And a
+        # member that came back (to us) after the removed ones went down was not on our
+        # side when they did: it cannot vouch for dropping them. Without that, the
+        # minority of a healed 2|3 partition, seeing the majority return before the
+        # member it held dead refuted, adopted a set without it and took its sessions
+        # over although it had been alive with the majority all along (statemesh chaos).
+        vouch = None
+        if removed and up_since is not None:
+            vouch = {n for n, t in up_since.items() if t <= self._missing_since}
+        if settled and (self._stable is None or self.has_quorum(states, heard, self._since, vouch)):
             self._stable = up
             self._adopted = now
             changed = True
         return changed
 
     def has_quorum(
-        self, states: Mapping[str, str], heard: Mapping[str, float], since: float
+        self,
+        states: Mapping[str, str],
+        heard: Mapping[str, float],
+        since: float,
+        among: Iterable[str] | None = None,
     ) -> bool:
-        """True if we and the members alive and heard from at or after `since` hold a quorum."""
+        """True if we and the members alive and heard from at or after `since` hold a quorum.
+
+        With `among`, only those members (and us) count.
+        """
         if self._stable is None:
             return False
-        return has_quorum(self._stable, visible(self.me, states, heard, since))
+        seen = visible(self.me, states, heard, since)
+        if among is not None:
+            seen &= set(among) | {self.me}
+        return has_quorum(self._stable, seen)
 
     def next_deadline(self) -> float:
         """When `observe` should next be called (inf: nothing pending).

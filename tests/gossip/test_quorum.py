@@ -183,3 +183,40 @@ def test_visible_counts_us_and_members_alive_throughout_and_heard_since():
     up_since = {"b": 1.0, "d": 5.5}  # d came back after the failure at 5.0
     assert visible("a", st, heard, 5.0, up_since) == {"a", "b"}
     assert visible("a", {}, {}, 0.0) == {"a"}
+
+
+def _healed_minority_views():
+    """e's view in the minority {b, e} of a healed 2|3 partition; c was held dead by it."""
+    during = {"a": SUSPECT, "b": ALIVE, "c": DEAD, "d": SUSPECT, "e": ALIVE}
+    after = {"a": ALIVE, "b": ALIVE, "c": DEAD, "d": ALIVE, "e": ALIVE}
+    up_since = {"a": 3.0, "b": 0.0, "c": 1.0, "d": 3.0, "e": 0.0}  # a, d came back at 3.0
+    return during, after, up_since
+
+
+def test_members_that_came_back_after_a_failure_cannot_vouch_for_dropping_it():
+    # Found by `statemesh chaos` (5 hosts, seed 2): the healed minority saw the majority
+    # return before the member it held dead refuted, adopted a stable set without that
+    # member and took its sessions over although it had been alive all along.
+    during, after, up_since = _healed_minority_views()
+    stable = ["a", "b", "c", "d", "e"]
+    sm = StableMembership("e", settle=0.5, stable=stable)
+    assert not sm.observe(1.0, during, {"b": 1.0}, up_since)
+    assert not sm.observe(2.0, during, {"b": 2.0}, up_since)
+    heard = dict.fromkeys("abd", 3.1)
+    for t in (3.1, 3.6, 4.5):
+        assert not sm.observe(t, after, heard, up_since), t
+    assert sm.stable == frozenset(stable)
+    # Without the times members came back (the former rule), c would have been dropped.
+    old = StableMembership("e", settle=0.5, stable=stable)
+    old.observe(1.0, during, {"b": 1.0})
+    assert old.observe(3.1, after, heard) and "c" not in old.stable
+
+
+def test_members_up_throughout_still_vouch_for_dropping_a_dead_member():
+    stable = ["a", "b", "c", "d", "e"]
+    states = {"a": ALIVE, "b": ALIVE, "c": DEAD, "d": ALIVE, "e": ALIVE}
+    up_since = {"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": 0.0}
+    sm = StableMembership("e", settle=0.5, stable=stable)
+    sm.observe(1.0, states, dict.fromkeys("abd", 1.0), up_since)
+    assert sm.observe(1.6, states, dict.fromkeys("abd", 1.5), up_since)
+    assert sm.stable == frozenset("abde")
