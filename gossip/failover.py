@@ -124,6 +124,7 @@ CLAIM_REASONS = (
     "waiting",  # nobody covers the target yet; wait for catch-up (no successor)
     "no_quorum",  # this side cannot see a quorum of the stable membership
     "owner_heard",  # the owner spoke after it was declared dead: wait for it to refute
+    "late_quorum",  # quorum came long after the verdict (a healed partition): let it refute
     "no_candidate",  # no member is alive and ready to take it
 )
 
@@ -469,6 +470,11 @@ def _plan_one(
     return plan(reason, ranked[first], _slot(policy, base, first), mine)
 
 
+# Seconds after a death beyond which quorum evidence for it counts as late (see
+# FailoverState._hold_late_quorum); the majority's evidence takes one round trip.
+LATE_QUORUM = 1.0
+
+
 def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
     """A plan for every workload whose owner is dead (or left without handing it over)."""
     _check_time(now)
@@ -667,6 +673,9 @@ class FailoverState:
         self._fenced: dict[str, Claim] = {}
         self._standbys: dict[str, tuple[str, str | None]] = {}
         self._announced: dict[str, TakeoverPlanned] = {}
+        self._quorum_at: dict[tuple[str, float], float] = {}  # (owner, since) -> first quorum
+        # When this node first had a stable set (-inf: restored from disk).
+        self._stable_from = -math.inf if self.membership.stable is not None else math.inf
 
     @property
     def owned(self) -> dict[str, int]:
@@ -710,6 +719,9 @@ class FailoverState:
         except InvalidValue:
             self.membership = saved  # a malformed durable vector: as if never called
             raise
+        if self._stable_from == math.inf and self.membership.stable is not None:
+            self._stable_from = now
+        plans = self._hold_late_quorum(now, view, plans)
         events: list[object] = []
         events.extend(owner_changes(self._claims.values(), view.claims))
         for ev in fenced(self.me, self._owned, view.claims):
@@ -730,6 +742,46 @@ class FailoverState:
             deadline = min(deadline, now + RECHECK)
         due = [t for t in plans if t.claim_due(now)]
         return Decision(due, plans, events, deadline)
+
+    def _hold_late_quorum(
+        self, now: float, view: FailoverView, plans: list[Takeover]
+    ) -> list[Takeover]:
+        """Hold plans whose quorum arrived `LATE_QUORUM` after the death for `catchup_timeout`.
+
+        On the side that holds the majority, the evidence for a death arrives within a
+        round trip of it. Evidence that arrives much later comes from members that were
+        out of reach (the minority of a healed partition hearing the majority again),
+        while its verdict, formed without quorum, may be about a member that was alive
+        with the majority all along and has not refuted yet: acting at once took over the
+        sessions of live owners (statemesh chaos, 5 hosts, seed 2). Waiting lets it refute.
+        """
+        keep: dict[tuple[str, float], float] = {}
+        out = []
+        for t in plans:
+            owner = view.members.get(t.previous_owner)
+            if owner is None or owner.state != DEAD or t.reason in ("no_quorum", "owner_heard"):
+                out.append(t)
+                continue
+            key = (t.previous_owner, owner.since)
+            first = keep[key] = self._quorum_at.get(key, now)
+            until = first + self.policy.catchup_timeout
+            # A node that had no stable set yet when the owner died (it was starting)
+            # waited for its first one, not for a partition to heal: it is not "late".
+            existed = self._stable_from <= owner.since
+            if existed and first - owner.since > LATE_QUORUM and now < until:
+                t = Takeover(
+                    t.workload,
+                    t.previous_owner,
+                    t.previous_epoch,
+                    None,
+                    "late_quorum",
+                    until,
+                    None,
+                    t.target,
+                )
+            out.append(t)
+        self._quorum_at = keep
+        return out
 
     def handoff(
         self,

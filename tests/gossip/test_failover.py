@@ -901,3 +901,38 @@ def test_state_machine_hand_off():
     assert [(t.workload, t.successor, t.epoch, t.claim_due(0.0)) for t in plans] == [
         ("w", standby("w", "a", ["b", "c"]), 5, True)
     ]
+
+
+def _healed_view(heard_majority: float) -> dict[str, MemberView]:
+    """e's view: a died at 1.0; b, c, d alive since 0, last heard at `heard_majority`."""
+    views = {n: MemberView(n, ALIVE, 0.0, True, heard_majority) for n in "bcd"}
+    views["a"] = MemberView("a", DEAD, 1.0, True, 0.5)
+    views["e"] = MemberView("e", ALIVE, 0.0, True, None)
+    return views
+
+
+def test_quorum_that_arrives_long_after_the_death_waits_for_a_refutation():
+    # Found by `statemesh chaos` (5 hosts, seed 2): the minority of a healed partition
+    # heard members of the majority it had never suspected, counted them as fresh
+    # evidence for a death it declared alone, and took over the sessions of a live owner
+    # before that owner's refutation arrived.
+    e = FailoverState("e", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0)
+    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0) for n in "abcde"}
+    e.step(0.0, up, [Claim("w", "a", 1)])
+    assert e.membership.stable == set("abcde")
+    d = e.step(1.0, _healed_view(0.5), [Claim("w", "a", 1)])  # cut off: no quorum
+    assert [t.reason for t in d.plans] == ["no_quorum"]
+    d = e.step(3.0, _healed_view(3.0), [Claim("w", "a", 1)])  # healed: quorum, 2 s late
+    assert [t.reason for t in d.plans] == ["late_quorum"] and d.claims == []
+    assert d.deadline <= 3.0 + CATCHUP
+    # Had a not refuted by then, it is taken over.
+    d = e.step(3.0 + CATCHUP, _healed_view(4.9), [Claim("w", "a", 1)])
+    assert [t.reason for t in d.plans] != ["late_quorum"]
+
+
+def test_quorum_within_a_round_trip_of_the_death_acts_at_once():
+    e = FailoverState("e", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0)
+    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0) for n in "abcde"}
+    e.step(0.0, up, [Claim("w", "a", 1)])
+    d = e.step(1.05, _healed_view(1.05), [Claim("w", "a", 1)])
+    assert [t.reason for t in d.plans] not in (["late_quorum"], ["no_quorum"])
