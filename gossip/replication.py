@@ -6,14 +6,18 @@
   pushed at once to `fanout` random peers and pushed again on each of the next few ticks,
   about `retransmit_mult * log10(N + 1)` rounds in all. Updates are recognised by a hash of
   (doc_id, update) kept in a bounded cache, so duplicates are neither applied nor forwarded.
-  Each rumour remembers which peers are known to hold it (its origin, whoever sent it to
-  us, peers whose replica ack, rumour or anti-entropy state vector covers it), pushes only
-  to the others, and ends early once every peer holds it: with acks arriving within a
-  round, a writer's rumour costs one copy per peer instead of one per peer per round. A
-  receiver does not forward what it got straight from the writer when the writer could
-  reach every peer itself (at most `fanout` peers): the writer retransmits to whoever has
-  not acked, so forwarding would only add duplicates. A duplicate is answered with a
-  replica ack, so its sender stops pushing it to us too.
+  Duplicates are what rumours cost, so each rumour remembers which peers are known to
+  hold it (its origin, whoever sent it to us, peers whose replica ack, rumour or
+  anti-entropy state vector covers it), pushes only to the others, and ends as soon as
+  every peer holds it. Every receiver acks the writer, so the writer is the one that
+  knows who lacks an update: it retransmits from the second tick on (acks had a round
+  to arrive), to every peer that has not acked, at most `RETRANSMIT_SPREAD * fanout`
+  per round. A forwarder pushes once, on first receipt, and
+  retransmits only while the writer is not alive in its view. (It still forwards when the
+  writer could have reached every peer itself: views differ exactly while members come
+  and go, and a failover claim must not wait a round to reach the successor.) A duplicate is answered with a replica ack, so its sender stops
+  pushing it to us. A pure delete does not advance the state vector, so for a
+  delete-only update only direct evidence (the peer sent it to us) counts as holding it.
 * **Anti-entropy (push-pull).** Every `anti_entropy_interval` one random peer gets a
   `Digest`: the root of a hash tree (`gossip.digest`) over every document's *fingerprint*.
   Equal roots end the exchange, so an idle round costs O(1) bytes whatever the number of
@@ -69,10 +73,11 @@ MAX_CONFIG_BUCKETS = 16384  # 16384 hashes of 16 bytes: 256 KiB in one DigestBuc
 
 Send = tuple[str, object]
 
-# After its first retransmit round a rumour's acks have had a round trip to arrive, so the
-# peers not known to hold it are mostly peers that lack it: push to all of them, up to
-# this many times the fanout (lost acks must not make a round cost O(N) copies).
-LATE_ROUND_SPREAD = 4
+# A rumour is first retransmitted a full tick after its first copies, when their acks had
+# time to arrive: the peers not known to hold it then are mostly peers that lack it, so
+# push to all of them, up to this many times the fanout (lost acks must not make one
+# round cost O(N) copies).
+RETRANSMIT_SPREAD = 4
 
 
 # --- events ----------------------------------------------------------------------------
@@ -230,7 +235,7 @@ class _Rumour:
     # ours proves nothing for it: only direct evidence (the peer sent it) counts then.
     by_vector: bool = True
     clocks: dict[int, int] | None = None  # state_vector decoded, on first use
-    fresh: bool = True  # no tick since it started: acks for its first copies are in flight
+    fresh: bool = True  # no tick since it started: acks of its first copies may be in flight
 
 
 @dataclass(slots=True)
@@ -362,8 +367,11 @@ class Replicator:
             live = set(self._peers)
             for key in list(self._rumours):
                 rumour = self._rumours[key]
-                fresh = rumour.fresh
-                rumour.fresh = False
+                if rumour.fresh:
+                    # Its first copies left since the last tick and their acks may still
+                    # be on the way: a copy now would mostly be a duplicate.
+                    rumour.fresh = False
+                    continue
                 rumour.rounds_left -= 1
                 if rumour.origin != self.node_id and rumour.origin in live:
                     # The writer is alive and retransmits itself, to exactly the peers
@@ -377,7 +385,7 @@ class Replicator:
                     if not pool:
                         self._drop_rumour(key)
                         continue
-                    k = fanout if fresh else fanout * LATE_ROUND_SPREAD
+                    k = fanout * RETRANSMIT_SPREAD
                     targets = pool if len(pool) <= k else self._rng.sample(pool, k)
                     self._push(sends, rumour, targets)
                 if rumour.rounds_left <= 0:
@@ -630,18 +638,14 @@ class Replicator:
             self._rounds(),
             _has_structs(msg.update),
         )
+        self._push(sends, rumour, self._pick(self.config.fanout, rumour.holders))
+        self._add_rumour(key, rumour)
         self._want_ack(msg.doc_id, (sender, origin))
         if msg.state_vector:
             # Raises RemoteError on a vector that does not decode (after the update,
-            # which was fine, was applied: nothing valid is lost).
+            # which was fine, was applied and spread: nothing valid is lost).
             self._expect_cover(now, sender, msg.doc_id, msg.state_vector)
             self._note_holder(sender, msg.doc_id, msg.state_vector)
-        if sender == origin and len(self._peers) <= self.config.fanout:
-            # The writer pushed it to every peer itself and retransmits to those that
-            # have not acked: a copy from us would only be a duplicate.
-            return
-        self._push(sends, rumour, self._pick(self.config.fanout, rumour.holders))
-        self._add_rumour(key, rumour)
 
     def _apply(self, doc_id: str, update: bytes, origin: str, events: list[object]) -> bool:
         """Apply remote bytes; False if they were garbage (counted, state unchanged)."""

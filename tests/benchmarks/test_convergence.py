@@ -44,12 +44,14 @@ def test_convergence_same_seed_same_figures(capsys) -> None:
     assert bench(capsys, *TINY, "--seed", "4") == bench(capsys, *TINY, "--seed", "4")
 
 
-def test_fewer_rumour_retransmissions_send_fewer_bytes(capsys) -> None:
+def test_more_rumour_retransmissions_cost_almost_nothing_once_peers_ack(capsys) -> None:
     default = bench(capsys, *TINY)
     lean = bench(capsys, *TINY, "--retransmit-mult", "1")
     assert default["retransmit_mult"] == 3 and lean["retransmit_mult"] == 1
-    assert lean["converged"] is True
-    assert lean["bytes_total"] < default["bytes_total"]
+    assert lean["converged"] is True and default["converged"] is True
+    # Retransmissions go only to peers that have not acked: on a lossless LAN the extra
+    # rounds find nobody to send to (blind retransmission cost ~1.4x the bytes here).
+    assert default["bytes_total"] <= 1.05 * lean["bytes_total"]
     assert lean["baseline_bytes_total"] == default["baseline_bytes_total"]
 
 

@@ -196,12 +196,10 @@ def test_rumours_stop_after_retransmit_limit():
     net.local("n0", "d", _hello)
     net.inflight.clear()
     rounds = 0
-    for _ in range(10):
+    for _ in range(10):  # the first tick only lets the first copies' acks arrive
         net.now += 0.2
         sends = net.nodes["n0"].tick(net.now, net.ids)
-        if not any(isinstance(msg, m.DocUpdate) for _, msg in sends):
-            break
-        rounds += 1
+        rounds += any(isinstance(msg, m.DocUpdate) for _, msg in sends)
     assert rounds == 2 * math.ceil(math.log10(10))
     assert net.nodes["n0"].pending_rumours == 0
 
@@ -934,3 +932,211 @@ def test_hostile_message_sequences_never_crash_and_stay_bounded(batch):
         node.tick(float(i) + 0.5, ["a", "c"])
     # Whatever arrived, what we had is still there (updates only add; garbage adds nothing).
     assert good[0] in content(replica, "d")[0]
+
+
+# --- duplicate suppression -------------------------------------------------------------
+
+
+def _doc_updates(sends, dest: str | None = None) -> list[tuple[str, m.DocUpdate]]:
+    return [(d, x) for d, x in sends if isinstance(x, m.DocUpdate) and (dest is None or d == dest)]
+
+
+def _first_tick(r: Replicator, peers: list[str]) -> None:
+    """The tick right after a rumour started: it waits for the first copies' acks."""
+    assert _doc_updates(r.tick(0.1, peers)) == []
+
+
+def _acked_by(ra: Replicator, peer: str, replica: MemoryReplica, doc_id: str) -> None:
+    """Deliver to `ra` the ack `peer` would send for what `replica` holds of `doc_id`."""
+    ra.receive(0.1, peer, m.ReplicaAck(((doc_id, replica.state_vector(doc_id)),)))
+
+
+def test_writer_stops_retransmitting_once_every_peer_acked():
+    a = MemoryReplica()
+    ra = Replicator("a", a, random.Random(60), ReplicationConfig(anti_entropy_interval=1e9))
+    ra.set_peers(["b", "c"])
+    update = write(a, "d", _hello)
+    assert {d for d, _ in _doc_updates(ra.on_local_update(0.0, "d", update))} == {"b", "c"}
+    _first_tick(ra, ["b", "c"])
+    for peer in ("b", "c"):
+        _acked_by(ra, peer, a, "d")
+    assert _doc_updates(ra.tick(0.2, ["b", "c"])) == []
+    assert ra.pending_rumours == 0
+
+
+def test_writer_retransmits_only_to_peers_that_have_not_acked():
+    a = MemoryReplica()
+    peers = ["b", "c", "d", "e"]
+    ra = Replicator("a", a, random.Random(61), ReplicationConfig(anti_entropy_interval=1e9))
+    ra.set_peers(peers)
+    ra.on_local_update(0.0, "doc", write(a, "doc", _hello))
+    _first_tick(ra, peers)
+    _acked_by(ra, "b", a, "doc")
+    _acked_by(ra, "c", a, "doc")
+    for i in range(3):
+        targets = {d for d, _ in _doc_updates(ra.tick(0.2 * (i + 1), peers))}
+        assert targets == {"d", "e"}, f"round {i}: {targets}"
+
+
+def test_later_rounds_push_to_every_peer_that_has_not_acked_within_a_bound():
+    a = MemoryReplica()
+    peers = [f"p{i:02d}" for i in range(40)]
+    cfg = ReplicationConfig(fanout=2, anti_entropy_interval=1e9)
+    ra = Replicator("a", a, random.Random(62), cfg)
+    ra.set_peers(peers)
+    ra.on_local_update(0.0, "doc", write(a, "doc", _hello))
+    _first_tick(ra, peers)
+    for p in peers[:34]:
+        _acked_by(ra, p, a, "doc")
+    second = {d for d, _ in _doc_updates(ra.tick(0.4, peers))}
+    assert second == set(peers[34:])  # 6 lacking it, under the bound of 4 * fanout = 8
+    for p in peers[34:]:
+        _acked_by(ra, p, a, "doc")
+    assert _doc_updates(ra.tick(0.6, peers)) == [] and ra.pending_rumours == 0
+    # With more peers lacking it than the bound, one round sends at most the bound.
+    rb = Replicator("b", MemoryReplica(), random.Random(63), cfg)
+    rb.set_peers(peers)
+    rb.on_local_update(0.0, "doc", write(a, "doc", _hello))
+    _first_tick(rb, peers)
+    assert len(_doc_updates(rb.tick(0.4, peers))) == 4 * cfg.fanout
+
+
+def test_a_state_vector_covering_the_update_counts_as_holding_it():
+    a, b = MemoryReplica(), MemoryReplica()
+    ra = Replicator("a", a, random.Random(64), ReplicationConfig(anti_entropy_interval=1e9))
+    ra.set_peers(["b", "c"])
+    update = write(a, "d", _hello)
+    ra.on_local_update(0.0, "d", update)
+    b.apply("d", update)
+    write(b, "d", lambda d: text(d).insert(0, ">"))  # b is ahead: its vector covers ours
+    later = b.doc("d").get_update(a.state_vector("d"))
+    ra.receive(0.1, "b", m.DocUpdate("d", later, "b", b.state_vector("d")))
+    _first_tick(ra, ["b", "c"])
+    assert {d for d, _ in _doc_updates(ra.tick(0.2, ["b", "c"]))} == {"c"}
+
+
+def test_an_older_state_vector_does_not_count_as_holding_it():
+    a = MemoryReplica()
+    ra = Replicator("a", a, random.Random(65), ReplicationConfig(anti_entropy_interval=1e9))
+    ra.set_peers(["b"])
+    first = write(a, "d", _hello)
+    old_sv = a.state_vector("d")
+    ra.on_local_update(0.0, "d", first)
+    ra.on_local_update(0.0, "d", write(a, "d", lambda d: text(d).insert(0, ">")))
+    ra.receive(0.1, "b", m.ReplicaAck((("d", old_sv),)))  # b holds only the first
+    _first_tick(ra, ["b"])
+    pushed = [x.update for _, x in _doc_updates(ra.tick(0.2, ["b"]))]
+    assert len(pushed) == 1 and pushed[0] != first
+
+
+def test_pure_delete_rumour_is_not_ended_by_a_covering_vector():
+    a, b = MemoryReplica(), MemoryReplica()
+    ra = Replicator("a", a, random.Random(66), ReplicationConfig(anti_entropy_interval=1e9))
+    ra.set_peers(["b"])
+    b.apply("d", write(a, "d", _hello))
+    delete = write(a, "d", lambda d: text(d).__delitem__(slice(0, 2)))
+    assert delete[:1] == b"\x00"  # no structs: the state vector did not move
+    ra.on_local_update(0.0, "d", delete)
+    assert b.state_vector("d") == a.state_vector("d")  # b lacks the delete all the same
+    _acked_by(ra, "b", b, "d")
+    _first_tick(ra, ["b"])
+    assert _doc_updates(ra.tick(0.2, ["b"]), "b"), "the delete must still be pushed to b"
+    # Direct evidence does count: b sending the delete back means b holds it.
+    ra.receive(0.3, "b", m.DocUpdate("d", delete, "a", a.state_vector("d")))
+    assert _doc_updates(ra.tick(0.4, ["b"])) == []
+
+
+def test_forwarder_pushes_once_and_leaves_retransmission_to_a_live_writer():
+    a = MemoryReplica()
+    peers = ["a", "c", "d", "e", "f"]
+    cfg = ReplicationConfig(fanout=2, anti_entropy_interval=1e9)
+    rb = Replicator("b", MemoryReplica(), random.Random(67), cfg)
+    rb.set_peers(peers)
+    msg = m.DocUpdate("doc", write(a, "doc", _hello), "a", a.state_vector("doc"))
+    sends, _ = rb.receive(0.0, "a", msg)
+    forwarded = {d for d, _ in _doc_updates(sends)}
+    assert len(forwarded) == 2 and "a" not in forwarded
+    _first_tick(rb, peers)
+    assert _doc_updates(rb.tick(0.2, peers)) == []
+    # The writer is gone from our view: we retransmit in its place.
+    alive = ["c", "d", "e", "f"]
+    assert _doc_updates(rb.tick(0.4, alive)) != []
+
+
+def test_first_receipt_is_forwarded_to_peers_not_known_to_hold_it():
+    a = MemoryReplica()
+    rb = Replicator("b", MemoryReplica(), random.Random(68), ReplicationConfig(fanout=3))
+    # Even when the writer may have reached every peer itself: its view of the members
+    # can differ from ours (a failover claim must not wait for a retransmission round).
+    rb.set_peers(["a", "c", "d"])
+    msg = m.DocUpdate("doc", write(a, "doc", _hello), "a", a.state_vector("doc"))
+    sends, events = rb.receive(0.0, "a", msg)
+    assert events == [DocumentUpdated("doc", "a")]
+    assert {d for d, _ in _doc_updates(sends)} == {"c", "d"}
+    msg2 = m.DocUpdate("doc2", write(a, "doc2", _hello), "a", a.state_vector("doc2"))
+    sends, _ = rb.receive(0.0, "c", msg2)
+    assert {d for d, _ in _doc_updates(sends)} == {"d"}
+
+
+def test_a_duplicate_is_acked_to_its_sender_which_then_stops():
+    a = MemoryReplica()
+    cfg = ReplicationConfig(fanout=2, anti_entropy_interval=1e9)
+    peers = ["a", "c", "d", "e"]
+    rb = Replicator("b", MemoryReplica(), random.Random(69), cfg)
+    rc = Replicator("c", MemoryReplica(), random.Random(70), cfg)
+    rb.set_peers(peers)
+    rc.set_peers(["a", "b", "d", "e"])
+    msg = m.DocUpdate("doc", write(a, "doc", _hello), "a", a.state_vector("doc"))
+    rb.receive(0.0, "a", msg)
+    rc.receive(0.0, "a", msg)
+    rb.receive(0.0, "c", msg)  # a duplicate from c
+    acks = [x for d, x in rb.tick(0.2, peers) if d == "c" and isinstance(x, m.ReplicaAck)]
+    assert len(acks) == 1 and acks[0].entries[0][0] == "doc"
+    # c, forwarding in the writer's absence, learns from that ack that b holds it.
+    rc.receive(0.2, "b", acks[0])
+    pushed = set()
+    for i in range(3):
+        sends = rc.tick(0.4 + 0.2 * i, ["b", "d", "e"])
+        assert _doc_updates(sends, "b") == []
+        pushed |= {d for d, _ in _doc_updates(sends)}
+    assert pushed == {"d", "e"}  # c does retransmit, only not to b
+
+
+@pytest.mark.parametrize("seed", [71, 72, 73])
+def test_three_lossless_peers_never_retransmit_once_acks_arrive(seed):
+    net = Net(3, seed=seed, config=ReplicationConfig(anti_entropy_interval=1e9))
+
+    def round_without_retransmissions() -> None:
+        net.now += 0.2
+        for i in net.ids:
+            sends = net.nodes[i].tick(net.now, net.ids)
+            assert _doc_updates(sends) == [], f"seed {seed}: {i} retransmitted"
+            net.post(i, sends)
+        net.deliver()
+
+    for i in range(20):
+        net.local(f"n{i % 3}", f"doc{i % 4}", lambda d, i=i: text(d).insert(0, str(i)))
+        net.deliver()
+        round_without_retransmissions()
+    for _ in range(6):
+        round_without_retransmissions()
+    received = sum(n.stats.updates_received for n in net.nodes.values())
+    duplicates = sum(n.stats.duplicates for n in net.nodes.values())
+    # Two receivers per write, and at most one forwarded copy each (blind
+    # retransmission made that about 12 copies per write).
+    assert received == 40 + duplicates and duplicates <= 40, f"seed {seed}"
+    assert net.converged(), f"seed {seed}"
+    assert all(n.pending_rumours == 0 for n in net.nodes.values()), f"seed {seed}"
+
+
+def test_replicas_covering_accepts_equal_and_larger_vectors_only():
+    a = MemoryReplica()
+    ra = Replicator("a", a, random.Random(74), FAST)
+    first = write(a, "d", _hello)
+    sv1 = a.state_vector("d")
+    write(a, "d", lambda d: text(d).insert(0, ">"))
+    sv2 = a.state_vector("d")
+    ra.receive(0.0, "b", m.ReplicaAck((("d", sv1),)))
+    ra.receive(0.0, "c", m.ReplicaAck((("d", sv2),)))
+    assert first and ra.replicas_covering("d", sv1) == ["b", "c"]
+    assert ra.replicas_covering("d", sv2) == ["c"]
