@@ -127,7 +127,10 @@ def test_a_takeover_shows_in_the_successors_status(pair, tmp_path):
         "    async with open_mesh(cfg) as m:\n"
         "        s = await m.session('t1')\n"
         "        s.state.append_message('user', 'take me over')\n"
-        "        await s.commit(replicas='all', timeout=20)\n"
+        "        await s.commit(replicas=2, timeout=20)\n"
+        # replicas=2, not "all": "all" counts the members known so far, maybe none yet.
+        # The claim lives in the ownership document, which commit(session) does not wait for.
+        "        await m.commit('ownership', replicas=2, timeout=20)\n"
         "        print('owned', flush=True)\n"
         "        await trio.sleep(120)\n"
         "trio.run(main)\n"
@@ -150,7 +153,16 @@ def test_a_takeover_shows_in_the_successors_status(pair, tmp_path):
                     return peer, status
             return None
 
-        peer, status = wait_for(taken, timeout=40, what="a takeover of t1")
+        try:
+            peer, status = wait_for(taken, timeout=40, what="a takeover of t1")
+        except AssertionError:
+            views = {
+                p.name: json.loads(cli("status", "--http", p.http, "--json").stdout) for p in (a, b)
+            }
+            keep = ("members", "owners", "plans", "counters", "last_takeovers", "health")
+            raise AssertionError(
+                {n: {k: v.get(k) for k in keep} for n, v in views.items()}
+            ) from None
         (entry,) = [t for t in status["last_takeovers"] if t["session"] == "t1"]
         assert entry["from"] == "w" and entry["epoch"] >= 2 and entry["covered"] is True
         assert status["sessions_owned"].get(peer.name, 0) >= 1
