@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -135,6 +136,10 @@ async def _main(config) -> None:
                     "documents": len(mesh.replica),
                     "pid": os.getpid(),
                 }
+            )
+            logging.getLogger("statemesh.peer").info(
+                "serving",
+                extra={"node": mesh.node_id, "address": mesh.address, "http": mesh.http_address},
             )
             async for signum in signals:
                 print(f"statemesh peer: {signal.Signals(signum).name}: leaving", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -180,3 +181,48 @@ def test_config_set_on_one_namespace_host_is_read_on_another(host_network_factor
         h1, "config", "get", "--http", f"{h1.address}:8080", "model.temperature", "--json"
     )
     assert json.loads(got.stdout)["version"] == 1 and json.loads(got.stdout)["by"] == h0.name
+
+
+# --- the peer's own settings: `statemesh peer --config FILE` --------------------------------
+
+
+def test_peer_settings_file_env_and_flags_in_that_order_with_json_logs(tmp_path):
+    (tmp_path / "peer.toml").write_text(
+        'node = "from-file"\n'
+        'data = "d"\n'  # relative to the file's directory
+        'listen = "127.0.0.1:0"\n'
+        'http = "127.0.0.1:0"\n'
+        'cluster = "file-cluster"\n'
+        "insecure = true\n"
+        "no_mdns = true\n"
+        'log_format = "human"\n'
+    )
+    env = {**os.environ, "STATEMESH_CLUSTER": "env-cluster", "STATEMESH_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [*STATEMESH, "peer", "--config", str(tmp_path / "peer.toml"), "--node", "from-flag"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        ready = json.loads(proc.stdout.readline())
+        assert ready["node"] == "from-flag"  # flag beats file
+        assert ready["cluster"] == "env-cluster"  # environment beats file
+        assert (tmp_path / "d" / "statemesh.sqlite3").exists()
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    logs = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    serving = [r for r in logs if r["msg"] == "serving"]
+    assert serving and serving[0]["level"] == "info" and serving[0]["node"] == "from-flag"
+
+
+def test_peer_settings_errors_name_their_source_and_exit_2(tmp_path):
+    (tmp_path / "bad.toml").write_text('node = "a"\ndata = "d"\ninsecure = true\nlisen = "x"\n')
+    out = cli_process("peer", "--config", tmp_path / "bad.toml")
+    assert out.returncode == 2 and b"did you mean 'listen'" in out.stderr
+    assert out.stderr.count(b"\n") == 1
