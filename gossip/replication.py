@@ -78,6 +78,8 @@ Send = tuple[str, object]
 # push to all of them, up to this many times the fanout (lost acks must not make one
 # round cost O(N) copies).
 RETRANSMIT_SPREAD = 4
+VECTOR_MEMO = 4096  # decoded state vectors remembered (cleared when full)...
+VECTOR_MEMO_MAX_BYTES = 512  # ...if at most this long: the memo stays under ~10 MiB
 
 
 # --- events ----------------------------------------------------------------------------
@@ -281,6 +283,7 @@ class Replicator:
         self._rumours: dict[bytes, _Rumour] = {}
         self._doc_rumours: dict[str, dict[bytes, None]] = {}  # doc_id -> keys of its rumours
         self._dirty: dict[str, None] = {}  # documents whose leaf in the tree is stale
+        self._vectors: dict[bytes, dict[int, int]] = {}  # encoded state vector -> decoded
         self._seen: dict[bytes, None] = {}  # insertion-ordered: evict oldest first
         self._sessions: dict[int, tuple[str, float]] = {}
         self._transfers: dict[tuple[str, int], _Transfer] = {}
@@ -471,8 +474,8 @@ class Replicator:
             # waited for (the usual case) needs no decoding.
             if sv != state_vector:
                 if want is None:
-                    want = decode_state_vector(state_vector)
-                if not _covers(decode_state_vector(sv), want):
+                    want = self._clocks(state_vector)
+                if not _covers(self._clocks(sv), want):
                     continue
             out.append(node)
         return sorted(out)
@@ -578,6 +581,19 @@ class Replicator:
             if not keys:
                 del self._doc_rumours[rumour.doc_id]
 
+    def _clocks(self, sv: bytes, sender: str | None = None) -> dict[int, int]:
+        """`sv` decoded, memoised; shared, never mutate it. RemoteError names `sender`."""
+        # The same few vectors come back again and again (in rumours, acks, anti-entropy
+        # entries, commit checks): decoding them was the largest protocol cost per commit.
+        clocks = self._vectors.get(sv)
+        if clocks is None:
+            clocks = decode_state_vector(sv) if sender is None else _decode_remote_sv(sv, sender)
+            if len(sv) <= VECTOR_MEMO_MAX_BYTES:
+                if len(self._vectors) >= VECTOR_MEMO:
+                    self._vectors.clear()
+                self._vectors[sv] = clocks
+        return clocks
+
     def _note_holder(self, peer: str, doc_id: str, sv: bytes) -> None:
         """`peer` holds `sv` of `doc_id` (validated): stop pushing it what that covers."""
         keys = self._doc_rumours.get(doc_id)
@@ -589,9 +605,9 @@ class Replicator:
             if rumour is None or not rumour.by_vector or peer in rumour.holders:
                 continue
             if clocks is None:
-                clocks = decode_state_vector(sv)
+                clocks = self._clocks(sv)
             if rumour.clocks is None:
-                rumour.clocks = decode_state_vector(rumour.state_vector)
+                rumour.clocks = self._clocks(rumour.state_vector)
             if _covers(clocks, rumour.clocks):
                 rumour.holders.add(peer)
 
@@ -621,7 +637,12 @@ class Replicator:
                     if rumour.rounds_left <= 0:
                         self._drop_rumour(key)
             if msg.state_vector:
-                self._note_holder(sender, msg.doc_id, _checked_sv(msg.state_vector))
+                try:
+                    self._clocks(msg.state_vector, sender)
+                except RemoteError:
+                    pass  # evidence of nothing; the duplicate itself is harmless
+                else:
+                    self._note_holder(sender, msg.doc_id, msg.state_vector)
             # Ack it: the writer may have lost our earlier ack, and any other sender
             # learns we hold it and stops pushing it to us.
             self._want_ack(msg.doc_id, (sender,))
@@ -741,8 +762,8 @@ class Replicator:
                 raise RemoteError(f"{sender} sent a document vector entry of {len(entry)} fields")
             doc_id, sv, fp, durable = entry
             _check_doc_id(doc_id)
-            _decode_remote_sv(sv, sender)
-            _decode_remote_sv(durable, sender)
+            self._clocks(sv, sender)
+            self._clocks(durable, sender)
             theirs[doc_id] = (sv, fp, durable)
         wanted_buckets = set(msg.bucket_ids)
         if wanted_buckets:
@@ -866,15 +887,18 @@ class Replicator:
 
     def _expect_cover(self, now: float, peer: str, doc_id: str, their_sv: bytes) -> None:
         """Remember to check later that we caught up with what `peer` said it holds."""
-        theirs = _decode_remote_sv(their_sv, peer)
+        ours = self.replica.state_vector(doc_id)
         exp = self._expect.get(doc_id)
+        if exp is None and their_sv == ours:
+            return  # the usual case: we hold exactly what they hold
+        theirs = dict(self._clocks(their_sv, peer))
         if exp is not None:
             # Rumours arrive in any order: an older, smaller vector must not cancel the
             # wait for a newer one, so wait for the element-wise maximum.
             for client, clock in exp.clocks.items():
                 if clock > theirs.get(client, 0):
                     theirs[client] = clock
-        if _covers(decode_state_vector(self.replica.state_vector(doc_id)), theirs):
+        if _covers(self._clocks(ours), theirs):
             self._expect.pop(doc_id, None)
             return
         if exp is not None:
@@ -890,7 +914,7 @@ class Replicator:
             if exp.due > now:
                 continue
             del self._expect[doc_id]
-            ours = decode_state_vector(self.replica.state_vector(doc_id))
+            ours = self._clocks(self.replica.state_vector(doc_id))
             if not _covers(ours, exp.clocks):
                 by_peer.setdefault(exp.peer, []).append(doc_id)
         for peer, doc_ids in by_peer.items():
@@ -937,7 +961,7 @@ class Replicator:
                 raise RemoteError(f"{sender} sent a replica ack entry of {len(entry)} fields")
             doc_id, sv = entry
             _check_doc_id(doc_id)
-            _decode_remote_sv(sv, sender)
+            self._clocks(sv, sender)
             checked.append((doc_id, sv))
         for doc_id, sv in checked:
             self._record_durable(sender, doc_id, sv, events)
@@ -967,15 +991,6 @@ class Replicator:
 def _update_key(doc_id: str, update: bytes) -> bytes:
     raw = doc_id.encode("utf-8")
     return blake3.blake3(b"".join((len(raw).to_bytes(4, "big"), raw, update))).digest(16)
-
-
-def _checked_sv(sv: bytes) -> bytes:
-    """`sv` if it decodes, else an empty vector (evidence of nothing)."""
-    try:
-        decode_state_vector(sv)
-    except (InvalidValue, TypeError):
-        return EMPTY_STATE_VECTOR
-    return sv
 
 
 def _has_structs(update: bytes) -> bool:
