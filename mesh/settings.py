@@ -24,6 +24,8 @@ Rules, in the order they apply:
   (argparse cannot tell an absent ``store_true`` flag from a false one), so argparse
   defaults must be None for the file and environment to show through. Keys that are not
   settings (``func``, ``command``, ...) are ignored: they come from our own parser.
+* ``http`` given as a bare port (``8080`` or ``:8080``) binds to loopback
+  (``127.0.0.1:8080``); anything else must name the address to bind.
 * ``no_mdns = true`` is accepted everywhere as the spelling of ``mdns = false``; giving
   both in one layer is an error.
 * Security by default: exactly one of ``key_file`` and ``insecure = true`` must result.
@@ -237,6 +239,9 @@ def _check(src: _Source, key: str, value: Any, *, base: Path | None, from_env: b
         path = Path(value).expanduser()
         return base / path if base is not None and not path.is_absolute() else path
     if kind == _ADDR:
+        if key == "http" and value.lstrip(":").isdigit() and value.count(":") <= 1:
+            # A bare port: the operations endpoints bind to loopback unless told otherwise.
+            value = f"127.0.0.1:{value.lstrip(':')}"
         return _address(src, key, value, port_zero=True)
     if key in ("node", "cluster") and len(value.encode()) > _MAX_NAME_BYTES:
         raise src.error(key, f"must be at most {_MAX_NAME_BYTES} bytes")

@@ -191,7 +191,7 @@ def test_peer_settings_file_env_and_flags_in_that_order_with_json_logs(tmp_path)
         'node = "from-file"\n'
         'data = "d"\n'  # relative to the file's directory
         'listen = "127.0.0.1:0"\n'
-        'http = "127.0.0.1:0"\n'
+        'http = "0"\n'  # a bare port: loopback
         'cluster = "file-cluster"\n'
         "insecure = true\n"
         "no_mdns = true\n"
@@ -208,6 +208,7 @@ def test_peer_settings_file_env_and_flags_in_that_order_with_json_logs(tmp_path)
         ready = json.loads(proc.stdout.readline())
         assert ready["node"] == "from-flag"  # flag beats file
         assert ready["cluster"] == "env-cluster"  # environment beats file
+        assert ready["http"].startswith("127.0.0.1:")  # the HTTP endpoints bind to loopback
         assert (tmp_path / "d" / "statemesh.sqlite3").exists()
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
