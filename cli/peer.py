@@ -76,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--http",
         default=None,
         metavar="HOST:PORT",
-        help="serve /status, /livez, /readyz, /healthz, /metrics, /config, /secrets here",
+        help="serve /status, /livez, /readyz, /healthz, /metrics, /config, /secrets here "
+        "(a bare PORT binds to 127.0.0.1)",
     )
     p.add_argument(
         "--profile", default=None, choices=sorted(PROFILES), help="gossip timing (default: lan)"
