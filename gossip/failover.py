@@ -755,6 +755,8 @@ class FailoverState:
         with the majority all along and has not refuted yet: acting at once took over the
         sessions of live owners (statemesh chaos, 5 hosts, seed 2). Waiting lets it refute.
         """
+        if self.policy.split_brain == AVAILABILITY:
+            return plans  # both sides act by choice there; nothing waits for quorum
         keep: dict[tuple[str, float], float] = {}
         out = []
         for t in plans:
