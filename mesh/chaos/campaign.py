@@ -190,7 +190,6 @@ class Campaign:
         self._dumps: dict[str, dict[str, Any]] = {}
         self._halted: set[str] = set()
         self._status: dict[str, list[str]] = {}
-        self._go_sent: set[str] = set()
         self._closed = False
         self.t0 = 0.0
         self.keep = keep
@@ -320,20 +319,25 @@ class Campaign:
         assert self.net is not None
         net = self.net
         targets = [self.agents[h] for h in fault.hosts]
-        if fault.kind == "kill":
+
+        def restart() -> None:
             for a in targets:
-                a.signal(signal.SIGKILL)
-                a.reap()
-            return lambda: [self._restart(a) for a in targets] and None
-        if fault.kind == "leave":
+                self._restart(a)
+
+        def resume() -> None:
             for a in targets:
-                a.signal(signal.SIGTERM)
-                a.reap()
-            return lambda: [self._restart(a) for a in targets] and None
+                a.signal(signal.SIGCONT)
+
+        if fault.kind in ("kill", "leave"):
+            sig = signal.SIGKILL if fault.kind == "kill" else signal.SIGTERM
+            for a in targets:
+                a.signal(sig)
+                a.reap()  # a leave that hangs is killed after STOP_TIMEOUT
+            return restart
         if fault.kind == "stop":
             for a in targets:
                 a.signal(signal.SIGSTOP)
-            return lambda: [a.signal(signal.SIGCONT) for a in targets] and None
+            return resume
         if fault.kind in ("partition", "oneway"):
             net.partition(*fault.sides, oneway=fault.kind == "oneway")
             return lambda: net.heal(loss=False)
