@@ -12,12 +12,13 @@
   every peer holds it. Every receiver acks the writer, so the writer is the one that
   knows who lacks an update: it retransmits from the second tick on (acks had a round
   to arrive), to every peer that has not acked, at most `RETRANSMIT_SPREAD * fanout`
-  per round. A forwarder pushes once, on first receipt, and
-  retransmits only while the writer is not alive in its view. (It still forwards when the
-  writer could have reached every peer itself: views differ exactly while members come
-  and go, and a failover claim must not wait a round to reach the successor.) A duplicate is answered with a replica ack, so its sender stops
-  pushing it to us. A pure delete does not advance the state vector, so for a
-  delete-only update only direct evidence (the peer sent it to us) counts as holding it.
+  per round. A forwarder pushes once, on first receipt, and retransmits only while the
+  writer is not alive in its view. (It forwards even when the writer could have reached
+  every peer itself: views differ exactly while members come and go, and a failover
+  claim must not wait a round to reach the successor.) A duplicate is answered with a
+  replica ack, so its sender stops pushing it to us. A pure delete does not advance the
+  state vector, so for a delete-only update only direct evidence (the peer sent it to
+  us) counts as holding it.
 * **Anti-entropy (push-pull).** Every `anti_entropy_interval` one random peer gets a
   `Digest`: the root of a hash tree (`gossip.digest`) over every document's *fingerprint*.
   Equal roots end the exchange, so an idle round costs O(1) bytes whatever the number of
@@ -644,7 +645,9 @@ class Replicator:
                 else:
                     self._note_holder(sender, msg.doc_id, msg.state_vector)
             # Ack it: the writer may have lost our earlier ack, and any other sender
-            # learns we hold it and stops pushing it to us.
+            # learns we hold it and stops pushing it to us. (Acks are also how peers
+            # learn each other's durable vectors, which failover ranks successors by:
+            # without these, a simulated failover claimed one session twice.)
             self._want_ack(msg.doc_id, (sender,))
             return
         self._remember(msg.doc_id, msg.update)
