@@ -475,6 +475,21 @@ def _plan_one(
 LATE_QUORUM = 1.0
 
 
+# How recently, before a death, we must have heard from a quorum for the verdict to
+# count as formed in touch with it (members are heard many times a second in a busy
+# mesh, about once per probe round in an idle one).
+CONTACT_WINDOW = 1.0
+
+
+def _formed_alone(view: FailoverView, since: float) -> bool:
+    """True if, around `since`, this node had not heard from a quorum of the stable set."""
+    if view.stable is None:
+        return False
+    states = {n: m.state for n, m in view.members.items()}
+    heard = {n: m.heard for n, m in view.members.items() if m.heard is not None}
+    return not has_quorum(view.stable, visible(view.me, states, heard, since - CONTACT_WINDOW))
+
+
 def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
     """A plan for every workload whose owner is dead (or left without handing it over)."""
     _check_time(now)
@@ -674,6 +689,7 @@ class FailoverState:
         self._standbys: dict[str, tuple[str, str | None]] = {}
         self._announced: dict[str, TakeoverPlanned] = {}
         self._quorum_at: dict[tuple[str, float], float] = {}  # (owner, since) -> first quorum
+        self._alone: dict[tuple[str, float], bool] = {}  # (owner, since) -> verdict formed alone
         # When this node first had a stable set (-inf: restored from disk).
         self._stable_from = -math.inf if self.membership.stable is not None else math.inf
 
@@ -746,7 +762,7 @@ class FailoverState:
     def _hold_late_quorum(
         self, now: float, view: FailoverView, plans: list[Takeover]
     ) -> list[Takeover]:
-        """Hold plans whose quorum arrived `LATE_QUORUM` after the death for `catchup_timeout`.
+        """Hold for `catchup_timeout` plans whose quorum came late or whose verdict came alone.
 
         On the side that holds the majority, the evidence for a death arrives within a
         round trip of it. Evidence that arrives much later comes from members that were
@@ -754,23 +770,38 @@ class FailoverState:
         while its verdict, formed without quorum, may be about a member that was alive
         with the majority all along and has not refuted yet: acting at once took over the
         sessions of live owners (statemesh chaos, 5 hosts, seed 2). Waiting lets it refute.
+        The same holds for a verdict formed while this node had heard from no quorum in
+        the `CONTACT_WINDOW` before the death (cut off one way), however soon after it
+        the cut heals (statemesh chaos, 5 hosts, 10 minutes, seed 10).
         """
         if self.policy.split_brain == AVAILABILITY:
             return plans  # both sides act by choice there; nothing waits for quorum
         keep: dict[tuple[str, float], float] = {}
+        alone: dict[tuple[str, float], bool] = {}
         out = []
         for t in plans:
             owner = view.members.get(t.previous_owner)
-            if owner is None or owner.state != DEAD or t.reason in ("no_quorum", "owner_heard"):
+            if owner is None or owner.state != DEAD:
                 out.append(t)
                 continue
             key = (t.previous_owner, owner.since)
+            # Judged once, when we first see the death: were we in touch with a quorum
+            # just before it? A verdict formed while cut off (a partition, a one-way
+            # cut) is as stale as a late quorum, however soon the cut heals after it.
+            if key in self._alone:
+                alone[key] = self._alone[key]
+            else:
+                alone[key] = _formed_alone(view, owner.since)
+            if t.reason in ("no_quorum", "owner_heard"):
+                out.append(t)
+                continue
             first = keep[key] = self._quorum_at.get(key, now)
             until = first + self.policy.catchup_timeout
             # A node that had no stable set yet when the owner died (it was starting)
             # waited for its first one, not for a partition to heal: it is not "late".
             existed = self._stable_from <= owner.since
-            if existed and first - owner.since > LATE_QUORUM and now < until:
+            stale = first - owner.since > LATE_QUORUM or alone[key]
+            if existed and stale and now < until:
                 t = Takeover(
                     t.workload,
                     t.previous_owner,
@@ -783,6 +814,7 @@ class FailoverState:
                 )
             out.append(t)
         self._quorum_at = keep
+        self._alone = alone
         return out
 
     def handoff(

@@ -936,3 +936,22 @@ def test_quorum_within_a_round_trip_of_the_death_acts_at_once():
     e.step(0.0, up, [Claim("w", "a", 1)])
     d = e.step(1.05, _healed_view(1.05), [Claim("w", "a", 1)])
     assert [t.reason for t in d.plans] not in (["late_quorum"], ["no_quorum"])
+
+
+def test_a_verdict_formed_while_cut_off_waits_for_a_refutation_however_soon_the_cut_heals():
+    # Found by `statemesh chaos` (5 hosts, 10 minutes, seed 10): a node that could send
+    # but not receive declared the others dead one by one; the last verdict came 0.3 s
+    # before the heal, so its quorum was not "late", and it took a live owner's session.
+    e = FailoverState("e", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0)
+    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0) for n in "abcde"}
+    e.step(0.0, up, [Claim("w", "a", 1)])
+    cut = {n: MemberView(n, ALIVE, 0.0, True, 1.0) for n in "bcd"}  # last heard at 1.0
+    cut["a"] = MemberView("a", DEAD, 3.0, True, 1.0)
+    cut["e"] = MemberView("e", ALIVE, 0.0, True, None)
+    d = e.step(3.0, cut, [Claim("w", "a", 1)])
+    assert [t.reason for t in d.plans] == ["no_quorum"]
+    healed = {**cut, **{n: MemberView(n, ALIVE, 0.0, True, 3.3) for n in "bcd"}}
+    d = e.step(3.3, healed, [Claim("w", "a", 1)])
+    assert [t.reason for t in d.plans] == ["late_quorum"] and d.claims == []
+    d = e.step(3.3 + CATCHUP, healed, [Claim("w", "a", 1)])
+    assert [t.reason for t in d.plans] != ["late_quorum"]
