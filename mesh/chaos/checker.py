@@ -19,8 +19,10 @@ What each count means, precisely:
   leaving, cut off from a majority, or behind heavy loss) at any time during the
   `grace` seconds before the takeover; such an owner was alive and reachable by a
   majority, so nothing justified taking its sessions.
-* `max_rto_ms`: the longest time from a kill or freeze of an owner to the takeover of one
-  of its sessions (within the fault and `grace` seconds after it).
+* `max_rto_ms`: the longest time from a kill or freeze of an owner to the first takeover
+  of one of its sessions, counting takeovers while the fault lasted or up to `RTO_TAIL`
+  seconds after (a later one was caused by something else: a freeze too short to be
+  declared dead is not a failover).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = ["Ack", "FaultWindow", "OwnerChange", "Replica", "Verdict", "check"]
 # Seconds before a takeover in which an impairment of the old owner justifies it: the
 # slowest path to `dead` (suspicion timeout after missed probes) plus decision slack.
 DEFAULT_GRACE = 15.0
+RTO_TAIL = 2.0
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ def check(
         if w.kind not in ("kill", "stop"):
             continue
         for c in changes:
-            if c.previous == w.node and w.start <= c.t <= w.end + grace:
+            if c.previous == w.node and w.start <= c.t <= w.end + RTO_TAIL:
                 ms = (c.t - w.start) * 1000.0
                 rto = ms if rto is None else max(rto, ms)
                 break

@@ -140,6 +140,9 @@ def test_rto_is_the_time_from_kill_to_the_takeover_of_the_killed_owner():
     windows = [FaultWindow("p0", "kill", 10.0, 13.0), FaultWindow("p1", "stop", 20.0, 21.0)]
     v = check([], changes, windows, [], [])
     assert v.max_rto_ms == pytest.approx(750.0)
+    # A takeover long after a freeze ended was not caused by it.
+    late = [OwnerChange("t", "p2", 2, "p1", 30.0)]
+    assert check([], late, windows[1:], [], []).max_rto_ms is None
     assert check([], [], windows, [], []).max_rto_ms is None
 
 
