@@ -38,7 +38,38 @@ from pycrdt import Doc, Map
 from crdt_types.errors import InvalidValue, SchemaError
 from crdt_types.values import MAX_INT, check_value, from_stored
 
-__all__ = ["Entry", "MaxEntries", "entry_key", "new_doc", "parse_entries", "parse_entry"]
+__all__ = [
+    "MAX_DOC_ID_BYTES",
+    "Entry",
+    "MaxEntries",
+    "check_doc_id",
+    "entry_key",
+    "new_doc",
+    "parse_entries",
+    "parse_entry",
+]
+
+# The one rule for document ids, used by the store, the replicator and the typed layer:
+# the store keys its log by id, so an id it cannot log must be refused before anything
+# (an ownership claim, a rumour) refers to it.
+MAX_DOC_ID_BYTES = 256
+
+
+def check_doc_id(doc_id: object) -> str:
+    """Return `doc_id` if it is a usable document id; raise `InvalidValue` otherwise."""
+    if not isinstance(doc_id, str):
+        raise InvalidValue(f"document id must be a str, got {type(doc_id).__name__}")
+    if not doc_id:
+        raise InvalidValue("document id must not be empty")
+    if "\x00" in doc_id:
+        raise InvalidValue("document id must not contain NUL")
+    try:
+        size = len(doc_id.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(f"document id is not valid UTF-8: {exc}") from exc
+    if size > MAX_DOC_ID_BYTES:
+        raise InvalidValue(f"document id is {size} bytes, more than {MAX_DOC_ID_BYTES}")
+    return doc_id
 
 
 def new_doc(client_id: int | None = None, *, rng: random.Random | None = None) -> Doc:

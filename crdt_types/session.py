@@ -43,7 +43,7 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map
 
-from crdt_types.docs import new_doc
+from crdt_types.docs import MAX_DOC_ID_BYTES, new_doc
 from crdt_types.errors import InvalidValue, LocalError, SchemaError
 from crdt_types.values import MAX_INT, check_name, check_value, from_stored, to_stored
 
@@ -72,7 +72,7 @@ ROOTS = {
 # A cursor read looks back at most this far for a well-formed entry.
 _CURSOR_LOOKBACK = 16
 _MAX_ID = 256
-_MAX_SESSION_ID_BYTES = 256 - len("session/")
+_MAX_SESSION_ID_BYTES = MAX_DOC_ID_BYTES - len("session/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ from typing import Protocol, runtime_checkable
 
 import pycrdt
 
-from crdt_types.errors import LocalError, RemoteError
+from crdt_types.docs import check_doc_id
+from crdt_types.errors import RemoteError
 from crdt_types.fingerprint import fingerprint as _fingerprint
 
 EMPTY_STATE_VECTOR = b"\x00"  # lib0 encoding of a state vector with no clients
@@ -81,7 +82,7 @@ class MemoryReplica:
 
     def doc(self, doc_id: str) -> pycrdt.Doc:
         """The document `doc_id`, created empty if unknown, for local reads and writes."""
-        _check_doc_id(doc_id)
+        check_doc_id(doc_id)
         doc = self._docs.get(doc_id)
         if doc is None:
             doc = self._docs[doc_id] = self.new_doc()
@@ -168,8 +169,3 @@ class MemoryReplica:
     def durable_state_vector(self, doc_id: str) -> bytes:
         """Memory is all there is: the durable state vector is the state vector."""
         return self.state_vector(doc_id)
-
-
-def _check_doc_id(doc_id: object) -> None:
-    if not isinstance(doc_id, str) or not doc_id:
-        raise LocalError(f"document id must be a non-empty string, not {doc_id!r}")

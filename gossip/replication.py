@@ -56,6 +56,7 @@ from dataclasses import dataclass, field, fields
 
 import blake3
 
+from crdt_types.docs import check_doc_id
 from crdt_types.errors import InvalidValue, LocalError, RemoteError
 from crdt_types.vv import decode_state_vector
 from gossip.digest import DEFAULT_BUCKETS, HashTree, bucket_of
@@ -1013,5 +1014,8 @@ def _decode_remote_sv(sv: bytes, sender: str) -> dict[int, int]:
 
 
 def _check_doc_id(doc_id: object) -> None:
-    if not isinstance(doc_id, str) or not doc_id:
-        raise RemoteError(f"document id must be a non-empty string, not {doc_id!r}")
+    # The store's rule (crdt_types.docs), seen from the wire: a peer's bad id is remote.
+    try:
+        check_doc_id(doc_id)
+    except InvalidValue as exc:
+        raise RemoteError(f"bad document id {doc_id!r:.80}: {exc}") from None

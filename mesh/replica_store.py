@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import pycrdt
 
+from crdt_types.docs import check_doc_id
 from crdt_types.errors import InvalidValue, LocalError, RemoteError
 from crdt_types.fingerprint import fingerprint as _fingerprint
 from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE
 from mesh.storage import MAX_UPDATE_BYTES, AsyncStore, Pending
-from mesh.storage import _check_doc_id as check_doc_id
 
 __all__ = ["Change", "DurableReplica"]
 

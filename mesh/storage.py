@@ -56,6 +56,7 @@ import msgpack
 import pycrdt
 import trio
 
+from crdt_types.docs import check_doc_id
 from crdt_types.docs import new_doc as _new_pycrdt_doc
 from crdt_types.errors import (
     CorruptRecord,
@@ -67,11 +68,11 @@ from crdt_types.errors import (
 )
 from crdt_types.fingerprint import fingerprint_hex
 from crdt_types.schema import validate_document
+from crdt_types.vv import decode_state_vector
 
 DB_NAME = "statemesh.sqlite3"
 LOCK_NAME = "statemesh.lock"
 FORMAT_VERSION = "1"
-MAX_DOC_ID_BYTES = 256
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
 # Yjs draws 32-bit client ids; peers built on Yjs expect them to fit in a JS number.
 CLIENT_ID_MAX = 2**32 - 1
@@ -371,7 +372,7 @@ class Store:
         """
         items = list(items)
         for doc_id, update in items:
-            _check_doc_id(doc_id)
+            check_doc_id(doc_id)
             _check_update(update, decode=self.check_updates)
         if max_record_updates is not None and (
             not isinstance(max_record_updates, int) or max_record_updates < 1
@@ -475,7 +476,7 @@ class Store:
 
     def new_doc(self, doc_id: str) -> pycrdt.Doc:
         """A fresh empty document with a newly recorded client id, for a new document id."""
-        _check_doc_id(doc_id)
+        check_doc_id(doc_id)
         return _new_pycrdt_doc(self.new_client_id(doc_id))
 
     # --- reading ----------------------------------------------------------------------
@@ -537,7 +538,7 @@ class Store:
 
     def recover(self, doc_id: str, *, salvage: bool = False) -> Loaded:
         """Rebuild a document and say how (checkpoint used, updates applied, problems)."""
-        _check_doc_id(doc_id)
+        check_doc_id(doc_id)
         plan = self._plan(doc_id, salvage=salvage)
         return self._build(plan, self.new_client_id(doc_id), salvage=salvage)
 
@@ -546,7 +547,7 @@ class Store:
         # rare case it already appears in the document's history, draw again and rebuild.
         for _ in range(_CLIENT_ID_TRIES):
             doc, err = _apply(_new_pycrdt_doc(client_id), plan, plan.doc_id, salvage=salvage)
-            clients = _state_vector_clients(doc.get_state())
+            clients = set(decode_state_vector(doc.get_state()))
             if client_id not in clients:
                 break
             client_id = self.new_client_id(plan.doc_id, avoid=clients)
@@ -667,7 +668,7 @@ class Store:
 
     def checkpoint(self, doc_id: str, *, prune: bool = True) -> int | None:
         """Write the full state of `doc_id` as a checkpoint; return the seq it covers."""
-        _check_doc_id(doc_id)
+        check_doc_id(doc_id)
         if self._readonly:
             raise InvalidValue(f"store {self.path} was opened read-only")
         plan = self._plan(doc_id, salvage=False)
@@ -810,45 +811,7 @@ _MERGE = 64
 _FAST_REPLAY = True  # tests turn it off to exercise the public fallback
 
 
-def _state_vector_clients(sv: bytes) -> set[int]:
-    """Client ids present in an encoded pycrdt state vector (varuint count, then pairs)."""
-    clients: set[int] = set()
-    pos = 0
-
-    def varuint() -> int:
-        nonlocal pos
-        value = shift = 0
-        while True:
-            byte = sv[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-
-    count = varuint()
-    for _ in range(count):
-        clients.add(varuint())
-        varuint()
-    return clients
-
-
 # --- validation and errors ---------------------------------------------------------------------
-
-
-def _check_doc_id(doc_id: object) -> None:
-    if not isinstance(doc_id, str):
-        raise InvalidValue(f"document id must be a str, got {type(doc_id).__name__}")
-    if not doc_id:
-        raise InvalidValue("document id must not be empty")
-    if "\x00" in doc_id:
-        raise InvalidValue("document id must not contain NUL")
-    try:
-        size = len(doc_id.encode())
-    except UnicodeEncodeError as exc:
-        raise InvalidValue(f"document id is not valid UTF-8: {exc}") from exc
-    if size > MAX_DOC_ID_BYTES:
-        raise InvalidValue(f"document id is {size} bytes, more than {MAX_DOC_ID_BYTES}")
 
 
 def _check_update(update: object, *, decode: bool = True) -> None:
@@ -1136,7 +1099,7 @@ class AsyncStore:
         if self._closing or self._stopped:
             raise StoreClosed(f"store {self.store.path} is closed")
         if doc_id not in self._known_ids:
-            _check_doc_id(doc_id)
+            check_doc_id(doc_id)
             if len(self._known_ids) > 100_000:
                 self._known_ids.clear()
             self._known_ids.add(doc_id)
@@ -1174,7 +1137,7 @@ class AsyncStore:
     def _enqueue(self, items: list[tuple[str, bytes]]) -> Pending:
         self._check_open()
         for doc_id, update in items:
-            _check_doc_id(doc_id)
+            check_doc_id(doc_id)
             _check_update(update, decode=self.store.check_updates)
         if not self._queue or len(self._queue[-1].items) >= self.max_batch:
             self._queue.append(_Batch())

@@ -12,8 +12,9 @@ import pytest
 
 from crdt_types.errors import CorruptRecord, DiskFull, InvalidValue, StorageError, StoreClosed
 from crdt_types.fingerprint import fingerprint_hex
+from crdt_types.vv import decode_state_vector
 from mesh import storage
-from mesh.storage import DB_NAME, Store, _state_vector_clients
+from mesh.storage import DB_NAME, Store
 
 
 class Writer:
@@ -72,7 +73,7 @@ def test_load_rebuilds_content_with_a_fresh_recorded_client_id(tmp_path: Path) -
     assert first.client_id != second.client_id
     assert first.doc.client_id == first.client_id
     # The fresh id is neither the writer's nor anything else in the document's history.
-    assert first.client_id not in _state_vector_clients(first.doc.get_state())
+    assert first.client_id not in set(decode_state_vector(first.doc.get_state()))
     with Store.open(tmp_path) as store:
         assert {first.client_id, second.client_id} <= store.used_client_ids()
         # Writing with the fresh id extends the document without clashing with history.

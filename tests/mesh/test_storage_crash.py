@@ -16,7 +16,8 @@ import pytest
 
 from benchmarks.crash import _check_acks, _writer_trial, run_trials
 from crdt_types.errors import CorruptRecord, StorageError
-from mesh.storage import DB_NAME, Store, _state_vector_clients
+from crdt_types.vv import decode_state_vector
+from mesh.storage import DB_NAME, Store
 
 
 @pytest.mark.slow
@@ -136,7 +137,7 @@ def test_acks_survive_repeated_kills_and_restarts(tmp_path: Path) -> None:
     # store, each restart wrote with new ones, and the fresh load's ids are new again.
     writers_seen: set[int] = set()
     for doc in docs.values():
-        history = _state_vector_clients(doc.get_state())
+        history = set(decode_state_vector(doc.get_state()))
         assert history <= used, f"seed {seed}: unrecorded client ids {history - used}"
         assert doc.client_id in used and doc.client_id not in history
         writers_seen |= history
