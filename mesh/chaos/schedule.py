@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from crdt_types.errors import LocalError
@@ -46,7 +46,6 @@ class Fault:
     # partition/oneway: the sides (host indices); oneway cuts sides[0] -> sides[1].
     sides: tuple[tuple[int, ...], ...] = ()
     percent: float = 0.0  # loss
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def end(self) -> float:
@@ -148,7 +147,6 @@ def dump_schedule(faults: Iterable[Fault], **meta: Any) -> str:
     rows = []
     for f in faults:
         row = asdict(f)
-        row.pop("extra")
         row["hosts"] = list(f.hosts)
         row["sides"] = [list(s) for s in f.sides]
         rows.append(row)
