@@ -172,15 +172,30 @@ class Session:
         self.mesh._authorize_write(self.doc_id)
         ops = self.mesh.ops
         if ops is None:
-            return await self.mesh.commit(self.doc_id, replicas=replicas, timeout=timeout)
+            return await self._replicate(replicas, timeout)
         started = trio.current_time()
         try:
-            holders = await self.mesh.commit(self.doc_id, replicas=replicas, timeout=timeout)
+            holders = await self._replicate(replicas, timeout)
         except CommitTimeout:
             ops.commit_observed(replicas, trio.current_time() - started, False)
             raise
         ops.commit_observed(replicas, trio.current_time() - started, True)
         return holders
+
+    async def _replicate(self, replicas: int | str | None, timeout: float | None) -> list[str]:
+        # The session's ownership claim must reach the peers that hold its data: a peer
+        # holding the session but not the claim finds it unowned when this node dies, and
+        # nobody takes it over. So the first commit at a level after a claim also commits
+        # the ownership document at that level (later ones find it covered at once).
+        if replicas is not None:
+            epoch = self.mesh.ownership.epoch_of(self.doc_id)
+            if self.mesh._claims_replicated.get(self.doc_id) != (epoch, replicas):
+                budget = self.mesh.config.commit_timeout if timeout is None else timeout
+                started = trio.current_time()
+                await self.mesh.commit("ownership", replicas=replicas, timeout=budget)
+                self.mesh._claims_replicated[self.doc_id] = (epoch, replicas)
+                timeout = max(0.0, budget - (trio.current_time() - started))
+        return await self.mesh.commit(self.doc_id, replicas=replicas, timeout=timeout)
 
     def fingerprint(self) -> str:
         """The convergence fingerprint (hex) of this session's document."""
@@ -211,6 +226,8 @@ class Mesh:
             host, _ = parse_address(self.address)
             self.address = f"{host}:{transport.port}"
         self.replica = DurableReplica(store, docs, on_change=self._changed)
+        # session doc id -> (epoch, replicas) at which its ownership claim is known held
+        self._claims_replicated: dict[str, tuple[int, int | str]] = {}
         self.node = Node(
             self.node_id,
             self.address,

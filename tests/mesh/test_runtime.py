@@ -15,8 +15,9 @@ import struct
 import pytest
 import trio
 
-from crdt_types.errors import Closed, CommitTimeout, InvalidValue, LocalError
+from crdt_types.errors import Closed, CommitTimeout, InvalidValue, LocalError, RemoteError
 from crdt_types.fingerprint import fingerprint_hex
+from crdt_types.vv import VersionVector
 from gossip.keyring import Keyring
 from mesh import (
     MemberDead,
@@ -381,3 +382,37 @@ async def test_a_lost_ack_is_recovered_by_the_commit_nudge(tmp_path, monkeypatch
         else:
             with pytest.raises(CommitTimeout):
                 await s.commit(replicas=1, timeout=2.5)
+
+
+async def test_a_replicated_commit_also_replicates_the_sessions_ownership_claim(tmp_path):
+    # Fault injection (a fake in front of the real store, not a mock of the protocol):
+    # b refuses ownership updates for a while, as if every rumour and diff carrying the
+    # claim were lost. A commit at replicas=1 must not return before the holder also
+    # holds the claim: otherwise, if a died now, b would hold an unowned session and
+    # nobody would take it over.
+    async with trio_nodes(tmp_path, 2) as (a, b):
+        real_apply = b.replica.apply
+        refusing = True
+
+        def lossy_apply(doc_id, update):
+            if refusing and doc_id == "ownership":
+                raise RemoteError("claim lost in transit (test fault)")
+            return real_apply(doc_id, update)
+
+        b.replica.apply = lossy_apply
+
+        async def stop_refusing():
+            nonlocal refusing
+            await trio.sleep(1.0)
+            refusing = False
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_refusing)
+            s = await a.session("claimed")
+            s.state.append_message("user", "hello")
+            assert await s.commit(replicas=1, timeout=20) == ["n1"]
+            assert not refusing, "commit returned while the holder lacked the claim"
+            assert b.owner_of("claimed") == "n0"
+            claim = VersionVector.from_state_vector(a.replica.state_vector("ownership"))
+            held = VersionVector.from_state_vector(b.replica.durable_state_vector("ownership"))
+            assert held.covers(claim)
