@@ -36,6 +36,7 @@ import trio
 
 from crdt_types.errors import LocalError, StatemeshError, StorageError
 from gossip.config import PROFILES
+from gossip.quorum import POLICIES
 from mesh.settings import LOG_FORMATS, LOG_LEVELS
 
 DEFAULT_PORT = 7946
@@ -81,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--profile", default=None, choices=sorted(PROFILES), help="gossip timing (default: lan)"
+    )
+    p.add_argument(
+        "--split-brain",
+        default=None,
+        choices=POLICIES,
+        help="who may take over in a partition: majority (default) or availability",
     )
     p.add_argument(
         "--ready-lag",

@@ -59,6 +59,7 @@ from typing import Any, TextIO
 
 from crdt_types.errors import LocalError
 from gossip.config import PROFILES
+from gossip.quorum import MAJORITY, POLICIES
 from mesh.transport import parse_address
 
 __all__ = [
@@ -94,6 +95,7 @@ class PeerSettings:
     insecure: bool = False
     http: str | None = None
     profile: str = "lan"
+    split_brain: str = MAJORITY  # or "availability": see gossip.quorum
     log_format: str = "human"
     log_level: str = "info"
     seed: int | None = None
@@ -115,6 +117,7 @@ class PeerSettings:
             "insecure": self.insecure,
             "http": self.http,
             "profile": self.profile,
+            "split_brain": self.split_brain,
             "seed": self.seed,
             "commit_timeout": self.commit_timeout,
             "leave_timeout": self.leave_timeout,
@@ -159,6 +162,7 @@ _KINDS: dict[str, str] = {
     "insecure": _BOOL,
     "http": _ADDR,
     "profile": _STR,
+    "split_brain": _STR,
     "log_format": _STR,
     "log_level": _STR,
     "seed": _INT,
@@ -168,6 +172,7 @@ _KINDS: dict[str, str] = {
 }
 _CHOICES = {
     "profile": tuple(sorted(PROFILES)),
+    "split_brain": POLICIES,
     "log_format": LOG_FORMATS,
     "log_level": LOG_LEVELS,
 }

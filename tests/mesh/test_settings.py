@@ -512,3 +512,22 @@ def test_configure_logging_refuses_bad_arguments(restore_logging, fmt, level):
     with pytest.raises(LocalError):
         configure_logging(fmt, level)
     assert logging.getLogger().handlers == before
+
+
+def test_split_brain_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_path):
+    from cli.main import build_parser
+    from mesh.config import MeshConfig
+
+    path = _write(tmp_path, {**BASE, "split_brain": "availability"})
+    assert _resolve(config=path).split_brain == "availability"
+    env = {"STATEMESH_SPLIT_BRAIN": "majority"}
+    assert _resolve(env=env, config=path).split_brain == "majority"
+    args = build_parser().parse_args(
+        ["peer", "--node", "n", "--data", str(tmp_path / "d"), "--insecure",
+         "--split-brain", "availability"]
+    )  # fmt: skip
+    s = _resolve(flags=vars(args), env=env, config=path)
+    assert s.split_brain == "availability"
+    assert MeshConfig(**s.mesh_kwargs()).split_brain == "availability"
+    with pytest.raises(LocalError, match="split-brain: must be one of majority, availability"):
+        _resolve(flags={**BASE, "split_brain": "both"})
