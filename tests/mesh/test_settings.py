@@ -26,23 +26,6 @@ from mesh.settings import (
 SEED = 77
 README = Path(__file__).resolve().parents[2] / "README.md"
 
-# The example of the README section "Peer configuration file" (kept here until it is merged;
-# `test_readme_example_parses` reads README.md's copy once it is there).
-EXAMPLE = """\
-# /etc/statemesh/peer.toml
-node = "agent-host-1"
-data = "/var/lib/statemesh"        # relative paths are relative to this file
-listen = "10.0.0.5:7946"
-join = ["10.0.0.6:7946", "10.0.0.7:7946"]
-interface = ["10.0.0.5"]           # announce and browse mDNS here only
-cluster = "prod-agents"
-key_file = "cluster.key"           # statemesh keygen --out /etc/statemesh/cluster.key
-http = "127.0.0.1:8080"            # probes, /metrics, /status; admin calls need the token
-profile = "lan"
-log_format = "json"
-log_level = "info"
-"""
-
 BASE = {"node": "n1", "data": "/tmp/n1", "insecure": True}
 
 
@@ -210,14 +193,10 @@ def test_argparse_namespace_with_none_defaults(tmp_path):
 
 
 def test_readme_example_parses(tmp_path):
-    text = EXAMPLE
-    if README.exists():
-        readme = README.read_text()
-        section = readme.partition("## Peer configuration")[2]
-        blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
-        if blocks:
-            text = blocks[0]
-    s = _resolve(config=_write(tmp_path, text))
+    section = README.read_text().partition("## Peer configuration")[2]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert blocks, "README.md lost its peer configuration example"
+    s = _resolve(config=_write(tmp_path, blocks[0]))
     assert s.node == "agent-host-1"
     assert s.key_file == tmp_path / "cluster.key"
     assert s.join == ("10.0.0.6:7946", "10.0.0.7:7946")
