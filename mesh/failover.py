@@ -454,9 +454,16 @@ class Failover:
         mesh = self.mesh
         sid = doc_id[len(SESSION_PREFIX) :]
         plan = self.plans.get(doc_id)
-        # Hold everything any live member acknowledged before the agent resumes.
-        await self.pull([doc_id])
+        # Hold everything any live member acknowledged before the agent resumes, and
+        # their view of the table: two members may have claimed at the same epoch in the
+        # same instant (their views of who is caught up differed). The merge keeps the
+        # highest (epoch, owner) everywhere; the loser must not run the handler too.
+        await self.pull([OWNERSHIP, doc_id])
         if mesh._closed:
+            return
+        won = mesh.ownership.owner_of(doc_id)
+        if won is None or (won.owner, won.epoch) != (self.me, epoch):
+            mesh.stats["takeover_lost_race"] += 1
             return
         try:
             session = await mesh.session(sid)

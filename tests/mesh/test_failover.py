@@ -16,6 +16,7 @@ import trio
 from crdt_types.errors import Fenced, LocalError, NotOwner
 from crdt_types.vv import decode_state_vector
 from gossip.events import MemberDead, MemberLeft, OwnerChanged, StandbyAssigned, WorkloadFenced
+from gossip.failover import FailoverPolicy
 from gossip.messages import DocDiff, DocUpdate, Envelope
 from gossip.node import Output
 from gossip.successor import rank
@@ -294,3 +295,59 @@ async def test_a_behind_replica_is_not_chosen_while_a_caught_up_one_exists(tmp_p
         assert b.owner_of(sid) == c.owner_of(sid) == "n2"
         assert b.stats["takeover_claims"] == 0
         assert [m.content for m in c.read_session(sid).messages()] == ["only n2 holds this"]
+
+
+async def test_two_successors_claiming_at_once_run_the_handler_once(tmp_path):
+    # Force the race the stagger normally prevents: with no stagger, both caught-up
+    # survivors claim at epoch 2 in the same instant. The (epoch, owner) merge keeps one
+    # claim everywhere, and only that claimant may resume the agent.
+    called: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        b = await stack.enter_async_context(open_mesh(config(tmp_path, "n1", seed=1)))
+        c = await stack.enter_async_context(
+            open_mesh(config(tmp_path, "n2", seeds=[b.address], seed=2))
+        )
+        for m in (b, c):
+            m.failover.state.policy = FailoverPolicy(stagger=0.0)
+
+            async def on_takeover(session, pending, m=m):
+                called.append(m.node_id)
+
+            m.on_takeover(on_takeover)
+        async with open_mesh(config(tmp_path, "n0", seeds=[b.address])) as a:
+            everyone = ["n0", "n1", "n2"]
+            await wait_until(
+                "settled", lambda: all(m.status()["stable"] == everyone for m in (a, b, c)), 15
+            )
+            s = await a.session("raced")
+            s.state.append_message("user", "both survivors hold this")
+            assert await s.commit(replicas="all", timeout=10) == ["n1", "n2"]
+            _crash_on_exit(a)
+        await wait_until("takeover", lambda: called, timeout=15)
+        await wait_until("one owner", lambda: b.owner_of("raced") == c.owner_of("raced"), 10)
+        await trio.sleep(1.0)  # every claim and pull has settled by now
+        winner = b.owner_of("raced")
+        assert called == [winner], (called, winner)
+        claims = b.stats["takeover_claims"] + c.stats["takeover_claims"]
+        assert claims >= 1, claims
+
+
+async def test_a_takeover_whose_claim_lost_the_merge_does_not_run_the_handler(tmp_path):
+    # The window the stagger cannot close: our claim was written, then a concurrent one
+    # with a higher (epoch, owner) arrived before the takeover task ran. The task pulls
+    # the table first and must leave the session to the winner.
+    called: list[str] = []
+    async with open_mesh(config(tmp_path, "n1", seed=1)) as b:
+
+        async def on_takeover(session, pending):
+            called.append(session.id)
+
+        b.on_takeover(on_takeover)
+        s = await b.session("contested")  # n1 claims at epoch 1
+        b.ownership.claim("session/contested", "n2", 2)  # the merged winner at epoch 2
+        await b.failover._takeover("session/contested", "n0", 2)
+        assert called == []
+        assert b.stats["takeover_lost_race"] == 1 and b.stats["takeovers"] == 0
+        assert b.owner_of("contested") == "n2"
+        with pytest.raises(NotOwner):
+            s.state.append_message("user", "not ours any more")
