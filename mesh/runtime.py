@@ -228,6 +228,9 @@ class Mesh:
         self.replica = DurableReplica(store, docs, on_change=self._changed)
         # session doc id -> (epoch, replicas) at which its ownership claim is known held
         self._claims_replicated: dict[str, tuple[int, int | str]] = {}
+        # Seeds and addresses given to join(): a node that leaves before it has heard
+        # back from them is already a member *there*, so they must hear the leave too.
+        self._introduced: set[str] = set(config.seeds)
         self.node = Node(
             self.node_id,
             self.address,
@@ -417,6 +420,7 @@ class Mesh:
         addresses = list(addresses)
         for address in addresses:
             parse_address(address)
+        self._introduced.update(addresses)
         self._emit(self.node.join(trio.current_time(), addresses))
 
     def members(self) -> list[dict[str, Any]]:
@@ -567,23 +571,26 @@ class Mesh:
         self._subscribers.clear()
 
     def _announce_leave(self) -> None:
-        """Tell every member with a known address, by datagram and by stream, that we left.
+        """Tell every member with a known address, and every seed, by datagram and stream, that we left.
 
         `Node.leave` tells a sample of the members it believes alive. Under load this
         node may wrongly hold a peer dead and skip it; that peer would then declare us
-        dead (and fail our sessions over) instead of seeing a graceful leave. Duplicates
-        are harmless: the same `left` rumour applies once.
+        dead (and fail our sessions over) instead of seeing a graceful leave. A node that
+        leaves right after joining may not have heard back from its seeds yet, while they
+        already list it alive: they are told too. Duplicates are harmless: the same
+        `left` rumour applies once.
         """
         me = self.node.membership.me
         env = Envelope(self.node_id, me.address, me.incarnation, (me.update(),))
-        for member in list(self.node.membership.members.values()):
-            if member.node == self.node_id:
-                continue
+        members = self.node.membership.members.values()
+        targets = {m.address for m in members if m.node != self.node_id} | self._introduced
+        targets.discard(self.address)
+        for address in sorted(targets):
             # One frame per send: a frame sent twice would be refused as a replay.
             with contextlib.suppress(StatemeshError):
-                self.transport.send_datagram(member.address, self.codec.pack(time.time(), env))
+                self.transport.send_datagram(address, self.codec.pack(time.time(), env))
             with contextlib.suppress(StatemeshError):
-                self.transport.send(member.address, self.codec.pack(time.time(), env))
+                self.transport.send(address, self.codec.pack(time.time(), env))
 
     # --- driving the node ---------------------------------------------------------------
 
