@@ -14,6 +14,7 @@ sent as the ``Authorization`` header; it is never printed.
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import sys
@@ -53,6 +54,14 @@ def _split(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise Unreachable(f"--http {address!r} is not HOST:PORT")
     return host, int(port)
+
+
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags every peer-facing action takes: --http, --key-file, --json, --timeout."""
+    parser.add_argument("--http", required=True, metavar="HOST:PORT", help="a peer's --http")
+    parser.add_argument("--key-file", metavar="FILE", help="cluster key file (admin token)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
 
 
 def admin_headers(key_file: str | Path | None) -> dict[str, str]:

@@ -27,7 +27,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from cli._http_client import Client, admin_headers, run_guarded
+from cli._http_client import Client, add_peer_arguments, admin_headers, run_guarded
 
 PROG = "statemesh config"
 
@@ -43,24 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--http", required=True, metavar="HOST:PORT", help="a peer's --http")
-        q.add_argument("--key-file", metavar="FILE", help="cluster key file (admin token)")
-        q.add_argument("--json", action="store_true", help="print JSON")
-        q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-
     s = actions.add_parser("set", help="set KEY to VALUE (admin token needed)")
-    common(s)
+    add_peer_arguments(s)
     s.add_argument("key", metavar="KEY")
     s.add_argument("value", metavar="VALUE", help="JSON if it parses, else a string")
     s.add_argument("--string", action="store_true", help="take VALUE as a string, always")
     s.set_defaults(func=lambda a: run_guarded(PROG, _set, a))
     g = actions.add_parser("get", help="print the value of KEY (all settings without KEY)")
-    common(g)
+    add_peer_arguments(g)
     g.add_argument("key", metavar="KEY", nargs="?")
     g.set_defaults(func=lambda a: run_guarded(PROG, _get, a))
     ls = actions.add_parser("list", help="print every setting")
-    common(ls)
+    add_peer_arguments(ls)
     ls.set_defaults(func=lambda a: run_guarded(PROG, _list, a))
 
 

@@ -29,7 +29,7 @@ import json
 import sys
 from urllib.parse import quote
 
-from cli._http_client import Client, admin_headers, run_guarded
+from cli._http_client import Client, add_peer_arguments, admin_headers, run_guarded
 from crdt_types.errors import LocalError
 from mesh.vault import MAX_VALUE_BYTES
 
@@ -47,23 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--http", required=True, metavar="HOST:PORT", help="a peer's --http")
-        q.add_argument("--key-file", metavar="FILE", help="cluster key file (admin token)")
-        q.add_argument("--json", action="store_true", help="print JSON")
-        q.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-
     s = actions.add_parser("set", help="store NAME; the value is read from stdin")
-    common(s)
+    add_peer_arguments(s)
     s.add_argument("name", metavar="NAME")
     s.add_argument("--from-file", metavar="PATH", help="read the value from PATH, not stdin")
     s.set_defaults(func=lambda a: run_guarded(PROG, _set, a))
     g = actions.add_parser("get", help="write the value of NAME to stdout")
-    common(g)
+    add_peer_arguments(g)
     g.add_argument("name", metavar="NAME")
     g.set_defaults(func=lambda a: run_guarded(PROG, _get, a))
     ls = actions.add_parser("list", help="print the names of the stored secrets")
-    common(ls)
+    add_peer_arguments(ls)
     ls.set_defaults(func=lambda a: run_guarded(PROG, _list, a))
 
 
