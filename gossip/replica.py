@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import pycrdt
 
 from crdt_types.docs import check_doc_id
-from crdt_types.errors import RemoteError
+from crdt_types.errors import InvalidValue, RemoteError
 from crdt_types.fingerprint import fingerprint as _fingerprint
 
 EMPTY_STATE_VECTOR = b"\x00"  # lib0 encoding of a state vector with no clients
@@ -58,6 +58,24 @@ class ReplicaPort(Protocol):
     def durable_state_vector(self, doc_id: str) -> bytes:
         """The state vector of what is persisted for `doc_id`."""
         ...
+
+
+def check_remote_doc_id(doc_id: object) -> str:
+    """The document-id rule (`crdt_types.docs.check_doc_id`) for ids a peer sent: RemoteError."""
+    try:
+        return check_doc_id(doc_id)
+    except InvalidValue as exc:
+        raise RemoteError(f"bad document id {doc_id!r:.80}: {exc}") from None
+
+
+def diff_of(doc: pycrdt.Doc | None, doc_id: str, remote_sv: bytes) -> bytes:
+    """What `doc` holds that `remote_sv` lacks (EMPTY_UPDATE for no document)."""
+    if doc is None:
+        return EMPTY_UPDATE
+    try:
+        return doc.get_update(remote_sv)
+    except ValueError as exc:
+        raise RemoteError(f"document {doc_id!r}: state vector does not decode: {exc}") from exc
 
 
 class MemoryReplica:
@@ -136,18 +154,11 @@ class MemoryReplica:
 
     def diff(self, doc_id: str, remote_sv: bytes) -> bytes:
         """The update holding everything of `doc_id` that `remote_sv` lacks."""
-        doc = self._docs.get(doc_id)
-        if doc is None:
-            return EMPTY_UPDATE
-        try:
-            return doc.get_update(remote_sv)
-        except ValueError as exc:
-            raise RemoteError(f"document {doc_id!r}: state vector does not decode: {exc}") from exc
+        return diff_of(self._docs.get(doc_id), doc_id, remote_sv)
 
     def apply(self, doc_id: str, update: bytes) -> bool:
         """Integrate a remote update; True if the fingerprint changed."""
-        if not isinstance(doc_id, str) or not doc_id:
-            raise RemoteError(f"document id must be a non-empty string, not {doc_id!r}")
+        check_remote_doc_id(doc_id)
         before = self.fingerprint(doc_id)
         doc = self._docs.get(doc_id)
         fresh = doc is None

@@ -56,13 +56,12 @@ from dataclasses import dataclass, field, fields
 
 import blake3
 
-from crdt_types.docs import check_doc_id
 from crdt_types.errors import InvalidValue, LocalError, RemoteError
 from crdt_types.vv import decode_state_vector
 from gossip.digest import DEFAULT_BUCKETS, HashTree, bucket_of
 from gossip.framing import MAX_FRAME_BYTES
 from gossip.messages import Digest, DigestBuckets, DocDiff, DocUpdate, DocVectors, ReplicaAck
-from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE, ReplicaPort
+from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE, ReplicaPort, check_remote_doc_id
 
 REPLICATION_MESSAGES = (DocUpdate, Digest, DigestBuckets, DocVectors, DocDiff, ReplicaAck)
 
@@ -622,7 +621,7 @@ class Replicator:
     def _on_update(
         self, now: float, sender: str, msg: DocUpdate, sends: list[Send], events: list[object]
     ) -> None:
-        _check_doc_id(msg.doc_id)
+        check_remote_doc_id(msg.doc_id)
         self.stats.updates_received += 1
         origin = msg.origin or sender
         key = _update_key(msg.doc_id, msg.update)
@@ -765,7 +764,7 @@ class Replicator:
             if len(entry) != 4:
                 raise RemoteError(f"{sender} sent a document vector entry of {len(entry)} fields")
             doc_id, sv, fp, durable = entry
-            _check_doc_id(doc_id)
+            check_remote_doc_id(doc_id)
             self._clocks(sv, sender)
             self._clocks(durable, sender)
             theirs[doc_id] = (sv, fp, durable)
@@ -827,7 +826,7 @@ class Replicator:
     def _on_chunk(
         self, now: float, sender: str, msg: DocDiff, sends: list[Send], events: list[object]
     ) -> None:
-        _check_doc_id(msg.doc_id)
+        check_remote_doc_id(msg.doc_id)
         cfg = self.config
         if not (1 <= msg.chunks <= cfg.max_chunks and 0 <= msg.chunk < msg.chunks):
             raise RemoteError(f"{sender} sent chunk {msg.chunk} of {msg.chunks}")
@@ -964,7 +963,7 @@ class Replicator:
             if len(entry) != 2:
                 raise RemoteError(f"{sender} sent a replica ack entry of {len(entry)} fields")
             doc_id, sv = entry
-            _check_doc_id(doc_id)
+            check_remote_doc_id(doc_id)
             self._clocks(sv, sender)
             checked.append((doc_id, sv))
         for doc_id, sv in checked:
@@ -1011,11 +1010,3 @@ def _decode_remote_sv(sv: bytes, sender: str) -> dict[int, int]:
         return decode_state_vector(sv)
     except (InvalidValue, TypeError) as exc:
         raise RemoteError(f"{sender} sent a state vector that does not decode: {exc}") from exc
-
-
-def _check_doc_id(doc_id: object) -> None:
-    # The store's rule (crdt_types.docs), seen from the wire: a peer's bad id is remote.
-    try:
-        check_doc_id(doc_id)
-    except InvalidValue as exc:
-        raise RemoteError(f"bad document id {doc_id!r:.80}: {exc}") from None

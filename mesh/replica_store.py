@@ -34,10 +34,9 @@ from dataclasses import dataclass
 
 import pycrdt
 
-from crdt_types.docs import check_doc_id
-from crdt_types.errors import InvalidValue, LocalError, RemoteError
+from crdt_types.errors import LocalError, RemoteError
 from crdt_types.fingerprint import fingerprint as _fingerprint
-from gossip.replica import EMPTY_STATE_VECTOR, EMPTY_UPDATE
+from gossip.replica import EMPTY_STATE_VECTOR, check_remote_doc_id, diff_of
 from mesh.storage import MAX_UPDATE_BYTES, AsyncStore, Pending
 
 __all__ = ["Change", "DurableReplica"]
@@ -181,30 +180,19 @@ class DurableReplica:
 
     def diff(self, doc_id: str, remote_sv: bytes) -> bytes:
         """The update holding everything of `doc_id` that `remote_sv` lacks."""
-        doc = self._docs.get(doc_id)
-        if doc is None:
-            return EMPTY_UPDATE
-        try:
-            return doc.get_update(remote_sv)
-        except ValueError as exc:
-            raise RemoteError(f"document {doc_id!r}: state vector does not decode: {exc}") from exc
+        return diff_of(self._docs.get(doc_id), doc_id, remote_sv)
 
     def apply(self, doc_id: str, update: bytes) -> bool:
         """Integrate a remote update (logged as remote); True if the content changed."""
-        if not isinstance(doc_id, str) or not doc_id:
-            raise RemoteError(f"document id must be a non-empty string, not {doc_id!r}")
+        # An id the store cannot log (too long, NUL) must be refused before the document
+        # exists: logging it later would fail outside any peer's message.
+        check_remote_doc_id(doc_id)
         if len(update) > MAX_UPDATE_BYTES:
             # The store would refuse to log it, after the document had already changed.
             raise RemoteError(f"document {doc_id!r}: update of {len(update)} bytes is too big")
         doc = self._docs.get(doc_id)
         fresh = doc is None
         if fresh:
-            # An id the store cannot log (too long, NUL) must be refused before the
-            # document exists: logging it later would fail outside any peer's message.
-            try:
-                check_doc_id(doc_id)
-            except InvalidValue as exc:
-                raise RemoteError(f"document id {doc_id!r:.80}: {exc}") from None
             # Try the update on a scratch document first: garbage must not leave an
             # empty document behind.
             try:
