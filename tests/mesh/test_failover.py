@@ -20,50 +20,17 @@ from gossip.failover import FailoverPolicy
 from gossip.messages import DocDiff, DocUpdate, Envelope
 from gossip.node import Output
 from gossip.successor import rank
-from mesh import MeshConfig, open_mesh
+from mesh import open_mesh
 from mesh.failover import STABLE_FILE, SessionTakenOver
+from tests.mesh.helpers import MeshKit, alive
 
 SEED = 5150
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def config(tmp_path, name: str, *, seeds=(), seed: int = 0, **kw) -> MeshConfig:
-    return MeshConfig(
-        node=name,
-        data_dir=tmp_path / name,
-        seeds=list(seeds),
-        seed=SEED + seed,
-        insecure=True,
-        **kw,
-    )
-
-
-async def wait_until(what: str, check, timeout: float = 10.0):
-    with trio.move_on_after(timeout):
-        while True:
-            value = check()
-            if value:
-                return value
-            await trio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what} (seed {SEED})")
-
-
-def alive(mesh) -> set[str]:
-    return {m["node"] for m in mesh.members() if m["state"] == "alive"}
-
-
-@contextlib.asynccontextmanager
-async def nodes(tmp_path, n: int, **kw):
-    async with contextlib.AsyncExitStack() as stack:
-        first = await stack.enter_async_context(open_mesh(config(tmp_path, "n0", **kw)))
-        out = [first]
-        for i in range(1, n):
-            cfg = config(tmp_path, f"n{i}", seeds=[first.address], seed=i, **kw)
-            out.append(await stack.enter_async_context(open_mesh(cfg)))
-        names = {f"n{i}" for i in range(n)}
-        await wait_until("full membership", lambda: all(alive(m) == names for m in out))
-        yield out
+_kit = MeshKit(SEED)
+config, wait_until, nodes = _kit.config, _kit.wait_until, _kit.nodes
 
 
 async def test_opening_claims_and_every_peer_answers_owner_of(tmp_path):

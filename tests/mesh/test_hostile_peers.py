@@ -47,6 +47,7 @@ from gossip.seal import FrameCodec, Sealer
 from mesh import MeshConfig, open_mesh
 from mesh.transport import TransportConfig
 from tests.cli.test_peer import Peer, wait_for
+from tests.mesh.helpers import MeshKit
 
 SEED = 20261202
 
@@ -178,14 +179,7 @@ def test_outsiders_learn_nothing_and_change_nothing(tmp_path):
 # --- an authenticated vandal -----------------------------------------------------------------
 
 
-async def wait_until(what: str, check, timeout: float = 10.0):
-    with trio.move_on_after(timeout):
-        while True:
-            value = check()
-            if value:
-                return value
-            await trio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what} (seed {SEED})")
+wait_until = MeshKit(SEED).wait_until
 
 
 def _cfg(tmp_path, name, *, seeds=(), n=0, **kw) -> MeshConfig:

@@ -7,7 +7,6 @@ per node (`SEED`), so a failure replays with the same choices.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import struct
@@ -28,48 +27,15 @@ from mesh import (
     open_mesh,
 )
 from mesh.storage import Store
+from tests.mesh.helpers import MeshKit, alive
 
 SEED = 20260
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def config(tmp_path, name: str, *, seeds=(), seed: int = 0, **kw) -> MeshConfig:
-    kw.setdefault("insecure", "key" not in kw)
-    return MeshConfig(
-        node=name,
-        data_dir=tmp_path / name,
-        seeds=list(seeds),
-        seed=SEED + seed,
-        **kw,
-    )
-
-
-async def wait_until(what: str, check, timeout: float = 10.0):
-    with trio.move_on_after(timeout):
-        while True:
-            value = check()
-            if value:
-                return value
-            await trio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what} (seed {SEED})")
-
-
-def alive(mesh) -> set[str]:
-    return {m["node"] for m in mesh.members() if m["state"] == "alive"}
-
-
-@contextlib.asynccontextmanager
-async def trio_nodes(tmp_path, n: int, **kw):
-    async with contextlib.AsyncExitStack() as stack:
-        first = await stack.enter_async_context(open_mesh(config(tmp_path, "n0", **kw)))
-        nodes = [first]
-        for i in range(1, n):
-            cfg = config(tmp_path, f"n{i}", seeds=[first.address], seed=i, **kw)
-            nodes.append(await stack.enter_async_context(open_mesh(cfg)))
-        names = {f"n{i}" for i in range(n)}
-        await wait_until("full membership", lambda: all(alive(m) == names for m in nodes))
-        yield nodes
+_kit = MeshKit(SEED)
+config, wait_until, trio_nodes = _kit.config, _kit.wait_until, _kit.nodes
 
 
 async def test_three_nodes_replicate_a_session_to_equal_fingerprints(tmp_path):
