@@ -11,6 +11,11 @@ spreads them evenly over the survivors.
 Which nodes are *eligible* (alive, ready, caught up) is decided in `gossip.failover`;
 this module only ranks. Ties in weight (64 bits, so practically never) fall back to the
 node id so the order stays total and the same everywhere.
+
+Rankings are memoised per (workload, set of nodes): failover re-ranks every workload on
+every step, and between two membership changes the answer cannot change. The memo holds
+only validated inputs and is cleared when full, so it is bounded and never changes a
+result.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from crdt_types.errors import InvalidValue
 __all__ = ["rank", "standby", "successor", "weight"]
 
 _DOMAIN = b"statemesh/rendezvous/v1\x00"
+_RANK_MEMO_MAX = 16384  # (workload, node set) rankings remembered; a few MiB at most
+_rank_memo: dict[tuple[str, frozenset[str]], tuple[str, ...]] = {}
 
 
 def _encode_id(value: object, what: str) -> bytes:
@@ -49,6 +56,12 @@ def weight(workload: str, node: str) -> int:
 
 def rank(workload: str, nodes: Iterable[str]) -> list[str]:
     """`nodes` (duplicates dropped) ordered by rendezvous weight for `workload`, best first."""
+    members = frozenset(nodes)
+    memo_key = (workload, members) if isinstance(workload, str) else None
+    if memo_key is not None:
+        hit = _rank_memo.get(memo_key)
+        if hit is not None:
+            return list(hit)
     base = blake3.blake3(_DOMAIN + _prefixed(_encode_id(workload, "workload id")))
 
     def key(node: str) -> tuple[int, str]:
@@ -57,7 +70,12 @@ def rank(workload: str, nodes: Iterable[str]) -> list[str]:
         h.update(_prefixed(_encode_id(node, "node id")))
         return int.from_bytes(h.digest(8), "big"), node
 
-    return sorted(set(nodes), key=key, reverse=True)
+    ranked = sorted(members, key=key, reverse=True)
+    if memo_key is not None:
+        if len(_rank_memo) >= _RANK_MEMO_MAX:
+            _rank_memo.clear()
+        _rank_memo[memo_key] = tuple(ranked)
+    return ranked
 
 
 def successor(workload: str, candidates: Iterable[str]) -> str | None:

@@ -99,3 +99,24 @@ def test_standby_is_the_successor_without_the_owner():
 def test_bad_ids_are_refused(call):
     with pytest.raises(InvalidValue):
         call()
+
+
+def test_a_remembered_ranking_is_a_fresh_list_equal_to_a_computed_one():
+    nodes = ["a", "b", "c"]
+    first = rank("session/memo", nodes)
+    first.reverse()  # a caller mutating its list must not change later answers
+    second = rank("session/memo", reversed(nodes))
+    assert second == sorted(nodes, key=lambda n: (weight("session/memo", n), n), reverse=True)
+    assert second is not rank("session/memo", nodes)
+
+
+def test_the_ranking_memo_stays_bounded():
+    from gossip import successor as mod
+
+    for i in range(mod._RANK_MEMO_MAX + 10):
+        rank(f"session/{i}", ["a", "b"])
+    assert len(mod._rank_memo) <= mod._RANK_MEMO_MAX
+    # After the memo was cleared the answers are still the computed ones.
+    assert rank("session/1", ["b", "a"]) == sorted(
+        ["a", "b"], key=lambda n: (weight("session/1", n), n), reverse=True
+    )
