@@ -29,6 +29,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from importlib import metadata
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -68,6 +69,103 @@ _FSYNC_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
+
+
+class _Family(NamedTuple):
+    """One prometheus_client family: its kind, name, help text, labels and buckets."""
+
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    name: str
+    doc: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+# Every prometheus_client family of a node, keyed by the `Metrics` attribute that holds it
+# (the per-frame counters are in `_WireCollector`). One row per family, so a new metric is
+# one line here plus the method that updates it.
+_FAMILIES: dict[str, _Family] = {
+    "_info": _Family(
+        Gauge, "statemesh_info",
+        "Constant 1, labelled with this node's id, cluster and statemesh version.",
+        ("node", "cluster", "version"),
+    ),
+    "_members": _Family(
+        Gauge, "statemesh_members",
+        "Members of the cluster known to this node, by SWIM state (this node included).",
+        ("state",),
+    ),
+    "_lag": _Family(
+        Gauge, "statemesh_replication_lag_seconds",
+        "How long this node's replicas have been behind what peers advertise (0: caught up).",
+    ),
+    "_behind": _Family(
+        Gauge, "statemesh_replication_behind_documents",
+        "Documents whose local replica is behind a version a peer advertised.",
+    ),
+    "_peer_lag": _Family(
+        Gauge, "statemesh_replication_peer_lag_seconds",
+        "Per peer: how long this node has been behind what that peer advertised.",
+        ("peer",),
+    ),
+    "_commit": _Family(
+        Histogram, "statemesh_commit_latency_seconds",
+        "Time from a write to its commit at the requested level (local, N replicas, all).",
+        ("level",), _COMMIT_BUCKETS,
+    ),
+    "_commit_timeouts": _Family(
+        Counter, "statemesh_commit_timeouts",
+        "Commits whose replication level was not reached in time (nothing rolled back).",
+        ("level",),
+    ),
+    "_fsync": _Family(
+        Histogram, "statemesh_store_fsync_seconds",
+        "Duration of one durable store commit (a group of updates, one fsync).",
+        (), _FSYNC_BUCKETS,
+    ),
+    "_store_updates": _Family(
+        Counter, "statemesh_store_updates", "Updates made durable in the local store."
+    ),
+    "_store_bytes": _Family(
+        Counter, "statemesh_store_written_bytes",
+        "Bytes of updates made durable in the local store.",
+    ),
+    "_documents": _Family(
+        Gauge, "statemesh_documents", "Documents held by this node (sessions included)."
+    ),
+    "_sessions": _Family(
+        Gauge, "statemesh_sessions_owned", "Sessions this node currently owns."
+    ),
+    "_takeovers": _Family(
+        Counter, "statemesh_takeovers", "Sessions this node took over from a dead owner."
+    ),
+    "_fencings": _Family(
+        Counter, "statemesh_fencings",
+        "Times this node found itself fenced: a session it owned was taken over.",
+    ),
+    "_loop_lag": _Family(
+        Gauge, "statemesh_event_loop_lag_seconds",
+        "Last measured delay of the event loop in running a task that was due.",
+    ),
+    "_loop_lag_max": _Family(
+        Gauge, "statemesh_event_loop_lag_max_seconds",
+        "Largest event loop delay measured since the node started.",
+    ),
+    "_loop_stalls": _Family(
+        Counter, "statemesh_event_loop_stalls",
+        "Event loop lag measurements over the liveness threshold.",
+    ),
+    "_ready": _Family(
+        Gauge, "statemesh_ready", "1 when this node is ready (/readyz answers 200), else 0."
+    ),
+    "_config_changes": _Family(
+        Counter, "statemesh_config_changes",
+        "Cluster configuration values changed (local or replicated).",
+    ),
+    "_secrets": _Family(
+        Gauge, "statemesh_secrets", "Secrets stored in the cluster vault (count only)."
+    ),
+}  # fmt: skip
 
 
 def message_type(message: object) -> str:
@@ -189,109 +287,13 @@ class Metrics:
         self._max_loop_lag = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._info = Gauge(
-            "statemesh_info",
-            "Constant 1, labelled with this node's id, cluster and statemesh version.",
-            ["node", "cluster", "version"],
-            registry=r,
-        )
+        for attr, fam in _FAMILIES.items():
+            extra = {"buckets": fam.buckets} if fam.buckets else {}
+            setattr(self, attr, fam.kind(fam.name, fam.doc, fam.labels, registry=r, **extra))
         self._info.labels(node, cluster, _version()).set(1)
-        self._members = Gauge(
-            "statemesh_members",
-            "Members of the cluster known to this node, by SWIM state (this node included).",
-            ["state"],
-            registry=r,
-        )
         # Per-frame counters are plain ints read at scrape time (see `_WireCollector`).
         self._wire = _WireCollector()
         r.register(self._wire)
-        self._lag = Gauge(
-            "statemesh_replication_lag_seconds",
-            "How long this node's replicas have been behind what peers advertise (0: caught up).",
-            registry=r,
-        )
-        self._behind = Gauge(
-            "statemesh_replication_behind_documents",
-            "Documents whose local replica is behind a version a peer advertised.",
-            registry=r,
-        )
-        self._peer_lag = Gauge(
-            "statemesh_replication_peer_lag_seconds",
-            "Per peer: how long this node has been behind what that peer advertised.",
-            ["peer"],
-            registry=r,
-        )
-        self._commit = Histogram(
-            "statemesh_commit_latency_seconds",
-            "Time from a write to its commit at the requested level (local, N replicas, all).",
-            ["level"],
-            buckets=_COMMIT_BUCKETS,
-            registry=r,
-        )
-        self._commit_timeouts = Counter(
-            "statemesh_commit_timeouts",
-            "Commits whose replication level was not reached in time (nothing rolled back).",
-            ["level"],
-            registry=r,
-        )
-        self._fsync = Histogram(
-            "statemesh_store_fsync_seconds",
-            "Duration of one durable store commit (a group of updates, one fsync).",
-            buckets=_FSYNC_BUCKETS,
-            registry=r,
-        )
-        self._store_updates = Counter(
-            "statemesh_store_updates", "Updates made durable in the local store.", registry=r
-        )
-        self._store_bytes = Counter(
-            "statemesh_store_written_bytes",
-            "Bytes of updates made durable in the local store.",
-            registry=r,
-        )
-        self._documents = Gauge(
-            "statemesh_documents", "Documents held by this node (sessions included).", registry=r
-        )
-        self._sessions = Gauge(
-            "statemesh_sessions_owned", "Sessions this node currently owns.", registry=r
-        )
-        self._takeovers = Counter(
-            "statemesh_takeovers",
-            "Sessions this node took over from a dead owner.",
-            registry=r,
-        )
-        self._fencings = Counter(
-            "statemesh_fencings",
-            "Times this node found itself fenced: a session it owned was taken over.",
-            registry=r,
-        )
-        self._loop_lag = Gauge(
-            "statemesh_event_loop_lag_seconds",
-            "Last measured delay of the event loop in running a task that was due.",
-            registry=r,
-        )
-        self._loop_lag_max = Gauge(
-            "statemesh_event_loop_lag_max_seconds",
-            "Largest event loop delay measured since the node started.",
-            registry=r,
-        )
-        self._loop_stalls = Counter(
-            "statemesh_event_loop_stalls",
-            "Event loop lag measurements over the liveness threshold.",
-            registry=r,
-        )
-        self._ready = Gauge(
-            "statemesh_ready",
-            "1 when this node is ready (/readyz answers 200), else 0.",
-            registry=r,
-        )
-        self._config_changes = Counter(
-            "statemesh_config_changes",
-            "Cluster configuration values changed (local or replicated).",
-            registry=r,
-        )
-        self._secrets = Gauge(
-            "statemesh_secrets", "Secrets stored in the cluster vault (count only).", registry=r
-        )
         for state in MEMBER_STATES:
             self._members.labels(state).set(0)
         for level in ("local", "1", "2", "3", "all"):
