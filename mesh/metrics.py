@@ -158,6 +158,10 @@ _FAMILIES: dict[str, _Family] = {
     "_ready": _Family(
         Gauge, "statemesh_ready", "1 when this node is ready (/readyz answers 200), else 0."
     ),
+    "_damaged": _Family(
+        Gauge, "statemesh_store_damaged_documents",
+        "Documents loaded from a damaged log and not yet refilled from peers.",
+    ),
     "_config_changes": _Family(
         Counter, "statemesh_config_changes",
         "Cluster configuration values changed (local or replicated).",
@@ -422,6 +426,10 @@ class Metrics:
     def ready(self, is_ready: bool) -> None:
         """Record readiness (what /readyz answers)."""
         self._ready.set(1 if is_ready else 0)
+
+    def damaged_documents(self, count: int) -> None:
+        """Documents damaged on disk and not yet repaired (they keep /readyz at 503)."""
+        self._damaged.set(_count(count, "count"))
 
     # --- cluster state --------------------------------------------------------------------
 
