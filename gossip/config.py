@@ -19,8 +19,19 @@ pace. Three profiles are provided:
 * `wan()`: memberlist's WAN numbers (probe 5 s, timeout 3 s, suspicion mult 6).
 * `local()`: memberlist's loopback numbers, for a single machine under test.
 
+Sizing limits bound what a peer holding the cluster key can make us keep (issue 8): at
+most `max_new_members` members unknown to us are accepted from one received envelope, the
+table holds at most `max_members` records (us and dead or left members included), a
+member's metadata is at most `max_meta_bytes`, and at most `max_forwards` indirect probes
+run for others at once. memberlist bounds the same things by bytes instead (a push-pull
+state of at most 20 MiB, 128 concurrent push-pulls, 512 bytes of metadata) and has no
+count limit, so one authenticated frame there can still add every member it names. The
+defaults are several times what a 1,000-node mesh needs: a joiner learns up to 999
+members from one push-pull, and dead members linger `reap_after` seconds.
+
 Invariants: every interval is positive; `probe_timeout < probe_interval` so the indirect
-probe phase has time to run; `nack_fraction` is in (0, 1).
+probe phase has time to run; `nack_fraction` is in (0, 1); `max_new_members <=
+max_members`.
 """
 
 from __future__ import annotations
@@ -53,6 +64,10 @@ class GossipConfig:
     reconnect_interval: float = 0.5  # ping one random dead member; push-pull if it answers
     reap_after: float = 60.0  # forget dead and left members after this long
     leave_fanout: int = 6  # members told directly when we leave gracefully
+    max_members: int = 4096  # member records kept at most (us, dead and left included)
+    max_new_members: int = 2048  # unknown members one received envelope may introduce
+    max_meta_bytes: int = 512  # a member's metadata (memberlist's MetaMaxSize)
+    max_forwards: int = 256  # indirect probes run for others at once
 
     def __post_init__(self) -> None:
         for field in (
@@ -73,9 +88,24 @@ class GossipConfig:
             raise LocalError("GossipConfig.nack_fraction must be in (0, 1)")
         if self.suspicion_max_mult < 1:
             raise LocalError("GossipConfig.suspicion_max_mult must be at least 1")
-        for field in ("indirect_checks", "gossip_nodes", "retransmit_mult", "max_piggyback"):
-            if getattr(self, field) < 1:
-                raise LocalError(f"GossipConfig.{field} must be at least 1")
+        for field in (
+            "indirect_checks",
+            "gossip_nodes",
+            "retransmit_mult",
+            "max_piggyback",
+            "max_members",
+            "max_new_members",
+            "max_forwards",
+        ):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LocalError(f"GossipConfig.{field} must be an int, at least 1")
+        if isinstance(self.max_meta_bytes, bool) or not isinstance(self.max_meta_bytes, int):
+            raise LocalError("GossipConfig.max_meta_bytes must be an int")
+        if self.max_meta_bytes < 0:
+            raise LocalError("GossipConfig.max_meta_bytes must not be negative")
+        if self.max_new_members > self.max_members:
+            raise LocalError("GossipConfig.max_new_members must not exceed max_members")
 
     def with_(self, **changes: object) -> GossipConfig:
         """Return a copy with some fields changed (validated again)."""

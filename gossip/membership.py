@@ -31,6 +31,16 @@ The protocol (Das et al. SWIM, with Hashicorp's Lifeguard and memberlist's choic
   sent `retransmit_limit(N)` times. Joining and periodic anti-entropy use a full
   `MembershipSync` push-pull.
 
+Bounded against authenticated peers (issue 8): a peer holding the cluster key could name
+30,000 made-up members in one frame. One envelope introduces at most `max_new_members`
+members we did not know (`begin_envelope` starts the count; `take` starts it too), and
+the table never holds more than `max_members` records: when it is full, the member that
+has been dead or left longest is reaped early to make room, and if every record is up
+the newcomer is dropped. A rumour with metadata over `max_meta_bytes` is refused.
+Indirect probes run for others are capped at `max_forwards`, and one batch of output
+carries at most one full membership table to any address. Whatever a cap drops is
+counted in `refused`, by reason; nothing else changes.
+
 Three choices beyond memberlist, each found necessary in the simulator (a live member
 declared dead after a partition heals, or under 10 % loss):
 
@@ -77,6 +87,8 @@ from gossip.messages import (
     PingReq,
 )
 
+# Why a member rumour (or a request) was dropped by a cap: the keys of `Membership.refused`.
+REFUSED_REASONS = ("envelope_cap", "table_full", "forwards", "sync_replies")
 # Precedence of states at an equal incarnation: a rumour overrides ours only if it ranks higher.
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
 _REAP_CHECK = 1.0  # seconds between reap sweeps: reaping is not time-critical
@@ -229,6 +241,7 @@ class Membership:
         if not node_id or not isinstance(node_id, str):
             raise LocalError("node_id must be a non-empty string")
         _check_address(address)
+        _check_meta(meta, config)
         self.node_id = node_id
         self.config = config
         self._rng = rng
@@ -262,6 +275,10 @@ class Membership:
         self._next_reap = math.inf
         self._outbox: list[tuple[str, object]] = []
         self._events: list[object] = []
+        self._new_budget = config.max_new_members  # new members the current envelope may add
+        self._synced: set[str] = set()  # addresses sent our whole table in this batch
+        # What the caps dropped, by reason; only ever increases (exported as metrics).
+        self.refused: dict[str, int] = dict.fromkeys(REFUSED_REASONS, 0)
 
     # --- queries ---------------------------------------------------------------------
 
@@ -328,7 +345,13 @@ class Membership:
         """Drain and return (sends, events) produced since the last call."""
         out, ev = self._outbox, self._events
         self._outbox, self._events = [], []
+        self._synced.clear()
+        self._new_budget = self.config.max_new_members
         return out, ev
+
+    def begin_envelope(self) -> None:
+        """Start a received envelope: it may introduce up to `max_new_members` new members."""
+        self._new_budget = self.config.max_new_members
 
     def start(
         self,
@@ -451,6 +474,7 @@ class Membership:
 
     def set_meta(self, now: float, meta: bytes) -> None:
         """Change our metadata: a new incarnation so the change wins everywhere."""
+        _check_meta(meta, self.config)
         me = self.me
         me.meta = meta
         me.incarnation += 1
@@ -597,6 +621,11 @@ class Membership:
             return
         # A malformed address is the requester's fault: refuse it here, not at the socket.
         _check_address(msg.target_address)
+        if len(self._forwards) >= self.config.max_forwards:
+            # Each forward is a probe we send to an address someone else chose: a frame of
+            # thousands would make us ping on its behalf. The requester sees a missing nack.
+            self.refused["forwards"] += 1
+            return
         seq = self._next_seq()
         timeout = self.scaled(self.config.probe_timeout)
         self._forwards[seq] = _Forward(
@@ -618,6 +647,12 @@ class Membership:
             self._send_sync(sender_address, reply=False)
 
     def _send_sync(self, address: str, *, reply: bool) -> None:
+        if address in self._synced:
+            # A second copy of the whole table in the same batch says nothing new; without
+            # this one frame of many syncs asking for replies multiplies our table that often.
+            self.refused["sync_replies"] += 1
+            return
+        self._synced.add(address)
         members = tuple(m.update() for m in self.members.values())
         self._outbox.append((address, MembershipSync(members, reply)))
 
@@ -653,6 +688,10 @@ class Membership:
             raise LocalError("negative incarnation")
         if upd.incarnation >= MAX_INCARNATION:
             raise LocalError(f"incarnation {upd.incarnation} is beyond any a member can reach")
+        if len(upd.meta) > self.config.max_meta_bytes:
+            raise LocalError(
+                f"member metadata of {len(upd.meta)} bytes exceeds {self.config.max_meta_bytes}"
+            )
         if upd.node == self.node_id:
             self._about_me(upd, sender_address)
             return
@@ -670,6 +709,8 @@ class Membership:
             if state in (DEAD, LEFT):
                 return
             _check_address(upd.address)
+            if not self._admit(now):
+                return
             m = Member(upd.node, upd.address, upd.incarnation, ALIVE, now, upd.node, upd.meta)
             self.members[upd.node] = m
             self._live.add(upd.node)
@@ -709,6 +750,28 @@ class Membership:
             if m.state == LEFT or upd.incarnation < m.incarnation:
                 return
             self._set_down(now, m, LEFT, upd.incarnation, upd.origin)
+
+    def _admit(self, now: float) -> bool:
+        """Whether one more unknown member fits the envelope's budget and the table."""
+        if self._new_budget <= 0:
+            self.refused["envelope_cap"] += 1
+            return False
+        if len(self.members) >= self.config.max_members:
+            # Make room with the member down longest (it would be reaped first anyway);
+            # members believed up are never evicted, so a flood cannot push out real peers.
+            oldest = min(self._down, key=lambda n: (self.members[n].since, n), default=None)
+            if oldest is None:
+                self.refused["table_full"] += 1
+                return False
+            self._forget(oldest)
+        self._new_budget -= 1
+        return True
+
+    def _forget(self, node: str) -> None:
+        m = self.members.pop(node)
+        self._down.discard(node)
+        self._broadcasts.pop(node, None)
+        self._events.append(MemberReaped(node, m.state))
 
     def _alive(self, now: float, m: Member, upd: MemberUpdate) -> None:
         if upd.incarnation <= m.incarnation:
@@ -816,10 +879,7 @@ class Membership:
         for node in sorted(self._down):
             m = self.members[node]
             if now - m.since >= limit:
-                del self.members[node]
-                self._down.discard(node)
-                self._broadcasts.pop(node, None)
-                self._events.append(MemberReaped(node, m.state))
+                self._forget(node)
 
     # --- rumours -----------------------------------------------------------------------
 
@@ -864,6 +924,11 @@ class Membership:
                 # Gossiping to the recently dead lets a falsely accused member refute.
                 out.append(self.members[recent[self._rng.randrange(len(recent))]].address)
         return out
+
+
+def _check_meta(meta: bytes, config: GossipConfig) -> None:
+    if not isinstance(meta, bytes) or len(meta) > config.max_meta_bytes:
+        raise LocalError(f"member metadata must be bytes of at most {config.max_meta_bytes}")
 
 
 _checked_addresses: set[str] = set()  # addresses already found valid: a pure cache

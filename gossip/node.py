@@ -120,6 +120,7 @@ class Node:
         events: list[object] = []
         # Membership first: replication may need to address a member that this very
         # envelope introduces (piggybacked rumours travel after the payload).
+        m.begin_envelope()
         for msg in env.messages:
             if isinstance(msg, _MEMBERSHIP_TYPES):
                 m.handle(now, env.sender_address, msg)

@@ -36,6 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from crdt_types.errors import BadFrame, LocalError
+from gossip.membership import REFUSED_REASONS
 from gossip.messages import MEMBER_STATES, REGISTRY
 
 __all__ = ["CONTENT_TYPE", "MESSAGE_TYPES", "Metrics", "frame_type", "message_type"]
@@ -55,6 +56,9 @@ MESSAGE_TYPES: dict[type, str] = {cls: _snake(cls.__name__) for cls in REGISTRY.
 _TYPE_NAMES = frozenset(MESSAGE_TYPES.values())
 _FRAME_TYPES = (*sorted(_TYPE_NAMES), "empty", OTHER)
 _REASONS = (*BadFrame.REASONS, OTHER)
+# Authentic messages dropped after decoding: an envelope the protocol refused (LocalError),
+# malformed replication input, or membership input over a cap (`gossip.membership`).
+REFUSALS = ("protocol", "replication", *REFUSED_REASONS)
 _LEVELS = ("local", *(str(i) for i in range(1, _MAX_LEVEL + 1)), "all", "many")
 _PIGGYBACK = "member_update"
 
@@ -168,6 +172,13 @@ _FAMILIES: dict[str, _Family] = {
     ),
     "_secrets": _Family(
         Gauge, "statemesh_secrets", "Secrets stored in the cluster vault (count only)."
+    ),
+    "_refused": _Family(
+        Counter, "statemesh_gossip_refused",
+        "Authenticated messages dropped after decoding, by reason: protocol (envelope "
+        "refused), replication (malformed), envelope_cap and table_full (new members over "
+        "a cap), forwards and sync_replies (requests over a cap).",
+        ("reason",),
     ),
 }  # fmt: skip
 
@@ -303,6 +314,8 @@ class Metrics:
         for level in ("local", "1", "2", "3", "all"):
             self._commit.labels(level)
             self._commit_timeouts.labels(level)
+        for reason in (*REFUSALS, OTHER):
+            self._refused.labels(reason)
 
     def __repr__(self) -> str:
         return f"Metrics(node={self.node!r})"
@@ -349,6 +362,10 @@ class Metrics:
         counts = self._wire.messages_received
         for msg in messages:
             counts[MESSAGE_TYPES.get(type(msg), OTHER)] += 1
+
+    def refused(self, reason: str, count: int = 1) -> None:
+        """`count` authenticated messages were dropped for `reason` (a `REFUSALS` entry)."""
+        self._refused.labels(reason if reason in REFUSALS else OTHER).inc(_count(count, "count"))
 
     def frame_rejected(self, reason: str, count: int = 1) -> None:
         """`count` received frames were dropped for `reason` (a `BadFrame.REASONS` entry)."""

@@ -14,6 +14,14 @@ whenever the cluster document changes,
   `ConfigChanged` per changed key to `mesh.subscribe()` subscribers, whether the change
   was made here or arrived from a peer.
 
+Damaged documents (loaded from a damaged log, `DurableReplica.damaged`) keep `/readyz` at
+503 and are shown in `/status` and the `statemesh_store_damaged_documents` gauge. A third
+task repairs them: every `REPAIR_INTERVAL` it pulls them from every live member
+(`Failover.pull`); once every member answered and the replica covers each one's durable
+vector, it encodes the document and asks the store to supersede the damaged log with a
+checkpoint of it (`AsyncStore.repair`), which clears the mark. A node with no live peer
+has nobody to refill from: the mark stays, reported, until one joins.
+
 Per-frame, per-commit and per-fsync figures are fed by small hooks in the runtime and the
 store (`frame_sent`/`frame_received`, `commit_observed`, `store_committed`), not polled.
 
@@ -45,7 +53,8 @@ from crdt_types.cluster import ClusterState
 from crdt_types.docs import Entry
 from crdt_types.errors import LocalError, StatemeshError
 from gossip.messages import MEMBER_STATES
-from mesh.health import DEFAULT_THRESHOLD, CatchUp, LoopWatchdog, Readiness, assess
+from gossip.replica import EMPTY_STATE_VECTOR
+from mesh.health import DEFAULT_THRESHOLD, CatchUp, LoopWatchdog, Readiness, assess, covers
 from mesh.metrics import Metrics
 from mesh.vault import Vault
 
@@ -57,6 +66,8 @@ if TYPE_CHECKING:
 __all__ = ["ConfigChanged", "Operations", "TAKEOVER_HISTORY"]
 
 REFRESH = 0.5
+REPAIR_INTERVAL = 0.5  # between attempts to refill damaged documents from peers
+REPAIR_PULL_TIMEOUT = 5.0
 DEFAULT_READY_LAG = 2.0
 TAKEOVER_HISTORY = 20  # /status shows the last takeovers, not all of them
 CLUSTER = "cluster"
@@ -104,6 +115,7 @@ class Operations:
         self._readiness: Readiness | None = None
         self._counted: dict[str, int] = {}
         self._rejected: dict[str, int] = {}
+        self._refused: dict[str, int] = {}
         self._config_seen: dict[str, tuple[int, str]] = {}
         self._observed: Any = None  # (doc, subscription) of the cluster document
         self._wake = trio.Event()
@@ -157,6 +169,7 @@ class Operations:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.watchdog.run)
             await nursery.start(self._watch_events)
+            nursery.start_soon(self._repair_loop)
             task_status.started()
             try:
                 while not self.mesh._closed:
@@ -185,6 +198,60 @@ class Operations:
                 elif isinstance(event, MemberReaped):
                     self.metrics.forget_peer(event.node)
 
+    async def _repair_loop(self) -> None:
+        while not self.mesh._closed:
+            await trio.sleep(REPAIR_INTERVAL)
+            if self.mesh.replica.damaged:
+                with contextlib.suppress(StatemeshError):
+                    if await self.repair():
+                        self._wake.set()
+
+    async def repair(self) -> list[str]:
+        """Refill damaged documents from every live member; return the ones now repaired.
+
+        A document is repaired only when every live member answered the pull and our
+        replica covers the durable vector each reported: then nothing a peer holds
+        durably is missing, and the checkpoint written supersedes the damaged records.
+        """
+        mesh = self.mesh
+        replica = mesh.replica
+        failover = mesh.failover
+        damaged = sorted(replica.damaged)
+        if not damaged or failover is None or mesh._leaving or mesh._closed:
+            return []
+        membership = mesh.node.membership
+        peers = [
+            p
+            for p in membership.live_members()
+            if p != mesh.node_id and membership.address_of(p) is not None
+        ]
+        if not peers:
+            return []
+        answered = await failover.pull(damaged, timeout=REPAIR_PULL_TIMEOUT)
+        if answered < len(peers) or mesh._closed:
+            return []
+        replicator = mesh.node.replicator
+        repaired = []
+        for doc_id in damaged:
+            doc = replica.doc(doc_id)
+            if doc is None or doc_id not in replica.damaged:
+                continue
+            ours = doc.get_state()
+            if not all(
+                covers(ours, replicator.peer_durable(p, doc_id) or EMPTY_STATE_VECTOR)
+                for p in peers
+            ):
+                continue
+            # State and sequence number at the same instant (no await between): every
+            # record committed so far is in `state` (or is the damage it supersedes), and
+            # later ones get higher numbers and load on top of the checkpoint.
+            state = doc.get_update()
+            upto = mesh.store.committed_seq(doc_id)
+            await mesh.store.repair(doc_id, upto, state)
+            replica.repaired(doc_id, ours)
+            repaired.append(doc_id)
+        return repaired
+
     def _loop_lag(self, lag: float, stalled: bool) -> None:
         self.metrics.loop_lag(lag, stalled=stalled)
 
@@ -207,6 +274,7 @@ class Operations:
         m.documents(len(mesh.replica))
         m.sessions_owned(len(self.owners().get(mesh.node_id, [])))
         m.ready(readiness.ready)
+        m.damaged_documents(len(mesh.replica.damaged))
         self._count("takeovers", m.took_over)
         self._count("fenced", m.fenced)
         rejected = mesh.codec.rejected + mesh.transport.stats.bad_frames
@@ -215,6 +283,16 @@ class Operations:
             if delta > 0:
                 m.frame_rejected(reason, delta)
                 self._rejected[reason] = total
+        refused = {
+            "protocol": mesh.stats.get("refused_messages", 0),
+            "replication": mesh.node.replicator.stats.malformed,
+            **mesh.node.membership.refused,
+        }
+        for reason, total in refused.items():
+            delta = total - self._refused.get(reason, 0)
+            if delta > 0:
+                m.refused(reason, delta)
+                self._refused[reason] = total
         if self._observed is not None:
             m.secrets(len(mesh.cluster.secret_names()))
 
@@ -264,6 +342,7 @@ class Operations:
             store_error=self.store_error,
             leaving=mesh._leaving or mesh._closed,
             standby_behind=self._standby_behind(),
+            damaged=[str(d) for _, d in sorted(mesh.replica.damaged.items())],
         )
         self._readiness = readiness
         return readiness
@@ -302,6 +381,7 @@ class Operations:
             "loop_lag_seconds": live["loop_lag_seconds"],
             "ready_lag_seconds": self.ready_lag,
             "store_error": self.store_error,
+            "damaged_documents": [d.to_dict() for _, d in sorted(mesh.replica.damaged.items())],
         }
         out["lag"] = {
             p: round(readiness.peer_lag.get(p, 0.0), 3)
