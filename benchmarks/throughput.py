@@ -1,13 +1,17 @@
 """`statemesh bench throughput`: committed session writes per second on a 3-peer mesh.
 
-Three real mesh nodes (`mesh.open_mesh`) in this process, on 127.0.0.1, sealed like
-production (ChaCha20-Poly1305 under a freshly generated cluster key), each with its own
-SQLite store (WAL, `synchronous=FULL`, group commit) in a scratch directory, joined by
-static seeds; no mDNS. The gossip profile is `local` (memberlist's loopback timings):
-the three nodes share one event loop, and under full write load the `lan` profile's
-100 ms probe deadline is missed often enough to declare the writer dead and fail its
-sessions over mid-run, which measures this process's scheduling, not the mesh. The first
-node is the writer: `--writers` concurrent trio tasks,
+Three real mesh nodes (`mesh.open_mesh`) on 127.0.0.1, sealed like production
+(ChaCha20-Poly1305 under a freshly generated cluster key), each with its own SQLite
+store (WAL, `synchronous=FULL`, group commit) in a scratch directory, joined by static
+seeds; no mDNS. With `--processes 3` (the default) each peer is its own OS process, as
+on real machines: the writer runs here, and the two others are child processes
+(`python -m benchmarks.throughput`) driven over a pipe, which report their counters and
+CPU time on request and exit when the pipe closes (so a crashed benchmark leaves no
+peer behind). With `--processes 1` the three nodes share this process's event loop and
+one core. The gossip profile is `local` (memberlist's loopback timings): under full
+write load the `lan` profile's 100 ms probe deadline is missed often enough to declare
+the writer dead and fail its sessions over mid-run, which measures scheduling, not the
+mesh. The first node is the writer: `--writers` concurrent trio tasks,
 each on its own session, each doing "write one memory key, then `await commit(level)`"
 in a loop. One write per commit: every write counted was committed at its level before
 the next was made. Concurrency is what lets group commit (one fsync for many writers)
@@ -15,8 +19,10 @@ and frame batching work; a single writer would measure latency, not throughput.
 
 Levels: `local` (`commit()`: fsync'd here), `replicas=1` (one other peer reported a
 durable vector covering it), `all` (every live member did). Per level: `ops_per_s`
-(commits over the phase's wall time) and the latency of write+commit (`p50_ms`,
-`p99_ms`).
+(commits over the phase's wall time), the latency of write+commit (`p50_ms`,
+`p99_ms`), and `cpu_ms_per_commit`: the CPU time of all three peers' processes during
+the phase over its commits (with one process, that process's CPU time; the raw phases
+and start-up are outside it), which is what a commit costs whatever the core count.
 
 Baselines, same run, same machine: `raw_write_ops_per_s` is the same writes made by
 pycrdt alone (one transaction each, the update captured by an observer, as the runtime
@@ -30,10 +36,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import secrets
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=ReplicationConfig().retransmit_mult,
         help="rumour rounds = this * ceil(log10(N + 1)); the default is the runtime's",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=3,
+        choices=(1, 3),
+        help="3: one OS process per peer (default); 1: all three peers in this process",
+    )
     add_plot_argument(parser, "ops/s per commit level next to raw pycrdt rates")
 
 
@@ -101,6 +117,7 @@ def run(args: argparse.Namespace) -> dict:
         "writers": args.writers,
         "ops_per_level": args.ops // args.writers * args.writers,
         "peers": 3,
+        "processes": args.processes,
         "sealed": True,
         "profile": args.profile,
         "retransmit_mult": args.retransmit_mult,
@@ -113,7 +130,10 @@ def run(args: argparse.Namespace) -> dict:
         bar_plot(
             plot,
             [Bars("", names, [("operations per second", values)], "ops/s (log)", log=True)],
-            title="statemesh bench throughput: 3 sealed peers on loopback, one process",
+            title=(
+                "statemesh bench throughput: 3 sealed peers on loopback, "
+                + ("one process" if args.processes == 1 else "one process each")
+            ),
             note=(
                 f"{args.writers} concurrent writers, one write per commit; "
                 f"replicas=1 / raw write = {result['ratio_replicated_vs_raw']:.3g}"
@@ -164,64 +184,147 @@ def _raw(ops: int, writers: int) -> tuple[float, float]:
 # --- the mesh -----------------------------------------------------------------------------
 
 
+def _config(name: str, root: Path, key: bytes, seed: int, seeds: list[str], opts: dict):
+    from mesh import MeshConfig
+
+    return MeshConfig(
+        node=name, data_dir=root / name, key=key, seeds=seeds, seed=seed,
+        commit_timeout=opts["timeout"], profile=opts["profile"],
+        replication=ReplicationConfig(retransmit_mult=opts["retransmit_mult"]),
+    )  # fmt: skip
+
+
+def _counters(mesh) -> dict:
+    """What one peer reports: its view of membership, traffic counters, CPU time."""
+    stats = mesh.node.replicator.stats
+    return {
+        "alive": sorted(m["node"] for m in mesh.members() if m["state"] == "alive"),
+        "received": stats.updates_received,
+        "duplicates": stats.duplicates,
+        "frames": mesh.transport.stats.frames_sent + mesh.transport.stats.datagrams_sent,
+        "pending_rumours": mesh.node.replicator.pending_rumours,
+    }
+
+
+class _Local:
+    """A peer in this process."""
+
+    def __init__(self, mesh) -> None:
+        self.mesh = mesh
+
+    async def counters(self) -> dict:
+        return _counters(self.mesh)
+
+
+class _Child:
+    """A peer in a child process: one JSON line per request over its stdin/stdout."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self._buffer = b""
+
+    async def _line(self) -> dict:
+        with trio.fail_after(_MEMBERSHIP_TIMEOUT):
+            while b"\n" not in self._buffer:
+                chunk = await self.proc.stdout.receive_some(65536)
+                if not chunk:
+                    raise RuntimeError(f"benchmark peer {self.proc.pid} exited early")
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    async def start(self, spec: dict) -> str:
+        await self.proc.stdin.send_all(json.dumps(spec).encode() + b"\n")
+        return (await self._line())["address"]
+
+    async def counters(self) -> dict:
+        await self.proc.stdin.send_all(b"counters\n")
+        return await self._line()
+
+
 async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, dict]:
-    from mesh import MeshConfig, open_mesh
+    from mesh import open_mesh
 
     key = secrets.token_bytes(32)  # a generated cluster key, as `statemesh keygen` makes
-    replication = ReplicationConfig(retransmit_mult=args.retransmit_mult)
     rng = random.Random(args.seed)
+    opts = {"timeout": args.timeout, "profile": args.profile,
+            "retransmit_mult": args.retransmit_mult}  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
         first = await stack.enter_async_context(
-            open_mesh(
-                MeshConfig(
-                    node="w0", data_dir=root / "w0", key=key, seed=rng.getrandbits(32),
-                    commit_timeout=args.timeout, profile=args.profile, replication=replication,
-                )
-            )
-        )  # fmt: skip
-        nodes = [first]
-        for i in (1, 2):
-            cfg = MeshConfig(
-                node=f"w{i}", data_dir=root / f"w{i}", key=key, seeds=[first.address],
-                seed=rng.getrandbits(32), commit_timeout=args.timeout, profile=args.profile,
-                replication=replication,
-            )  # fmt: skip
-            nodes.append(await stack.enter_async_context(open_mesh(cfg)))
-        await _await_membership(nodes)
+            open_mesh(_config("w0", root, key, rng.getrandbits(32), [], opts))
+        )
+        peers: list = [_Local(first)]
+        if args.processes == 1:
+            for i in (1, 2):
+                cfg = _config(f"w{i}", root, key, rng.getrandbits(32), [first.address], opts)
+                peers.append(_Local(await stack.enter_async_context(open_mesh(cfg))))
+        else:
+            for i in (1, 2):
+                proc = await stack.enter_async_context(_child_process())
+                child = _Child(proc)
+                spec = {"name": f"w{i}", "root": str(root), "key": key.hex(),
+                        "seed": rng.getrandbits(32), "seeds": [first.address], **opts}  # fmt: skip
+                await child.start(spec)
+                peers.append(child)
+        await _await_membership(peers)
         levels = {}
-        frames0 = _frames(nodes)
-        received0 = _received(nodes)
+        before = [await p.counters() for p in peers]
         commits = 0
         for level in LEVELS:
-            levels[level] = await _level(first, level, args)
+            levels[level] = await _level(first, peers, level, args)
             commits += args.ops // args.writers * args.writers
-            await _settle(nodes)
+            await _settle(peers)
+        after = [await p.counters() for p in peers]
         per = max(1, commits)
-        received, duplicates = (x - x0 for x, x0 in zip(_received(nodes), received0, strict=True))
+
+        def delta(name: str) -> int:
+            return sum(a[name] - b[name] for a, b in zip(after, before, strict=True))
+
         traffic = {
-            "frames_sent_per_commit": round((_frames(nodes) - frames0) / per, 2),
+            "frames_sent_per_commit": round(delta("frames") / per, 2),
             # Every peer needs one copy of each update; more is rumour redundancy.
-            "updates_received_per_commit": round(received / per, 2),
-            "duplicate_updates_per_commit": round(duplicates / per, 2),
+            "updates_received_per_commit": round(delta("received") / per, 2),
+            "duplicate_updates_per_commit": round(delta("duplicates") / per, 2),
         }
     return levels, traffic
 
 
-def _received(nodes) -> tuple[int, int]:
-    stats = [n.node.replicator.stats for n in nodes]
-    return sum(s.updates_received for s in stats), sum(s.duplicates for s in stats)
+async def _cpu(peers) -> float:
+    """CPU seconds used so far by every process running a peer (this one counted once)."""
+    total = time.process_time()
+    for p in peers:
+        if isinstance(p, _Child):
+            total += (await p.counters())["cpu_s"]
+    return total
 
 
-def _frames(nodes) -> int:
-    return sum(n.transport.stats.frames_sent + n.transport.stats.datagrams_sent for n in nodes)
+@contextlib.asynccontextmanager
+async def _child_process():
+    """A benchmark peer process; closing its stdin makes it leave and exit."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "benchmarks.throughput"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await proc.stdin.aclose()
+        with trio.move_on_after(10), trio.CancelScope(shield=True):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()  # this pid is ours: we started it
+            with trio.CancelScope(shield=True):
+                await proc.wait()
 
 
-async def _await_membership(nodes) -> None:
-    names = {n.node_id for n in nodes}
+async def _await_membership(peers) -> None:
+    names = {"w0", "w1", "w2"}
     with trio.move_on_after(_MEMBERSHIP_TIMEOUT):
         while True:
-            if all({m["node"] for m in n.members() if m["state"] == "alive"} == names
-                   for n in nodes):  # fmt: skip
+            views = [set((await p.counters())["alive"]) for p in peers]
+            if all(view == names for view in views):
                 return
             await trio.sleep(0.02)
     raise RuntimeError(
@@ -229,7 +332,7 @@ async def _await_membership(nodes) -> None:
     )
 
 
-async def _level(mesh, level: str, args: argparse.Namespace) -> dict:
+async def _level(mesh, peers, level: str, args: argparse.Namespace) -> dict:
     replicas: int | str | None = {"local": None, "replicas=1": 1, "all": "all"}[level]
     per = max(1, args.ops // args.writers)
     tag = level.replace("=", "")
@@ -250,11 +353,15 @@ async def _level(mesh, level: str, args: argparse.Namespace) -> dict:
                 latencies.append(time.perf_counter() - t)
                 bar.advance()
 
+        cpu = await _cpu(peers)
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for s in sessions:
                 nursery.start_soon(writer, s)
         elapsed = time.perf_counter() - start
+        # Replication of the last commits may still be running on the other peers; it
+        # is part of what these commits cost, but not of what the next level costs.
+        cpu = await _cpu(peers) - cpu
     # Every session of this level on every peer before the next level starts.
     async with trio.open_nursery() as nursery:
         for s in sessions:
@@ -264,15 +371,58 @@ async def _level(mesh, level: str, args: argparse.Namespace) -> dict:
         "ops_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
+        "cpu_ms_per_commit": round(cpu * 1000 / len(latencies), 3),
     }
 
 
-async def _settle(nodes) -> None:
+async def _settle(peers) -> None:
     """Let the previous level's replication traffic finish so it does not slow the next."""
     with trio.move_on_after(_MEMBERSHIP_TIMEOUT):
-        while any(n.node.replicator.pending_rumours for n in nodes):
+        while any([(await p.counters())["pending_rumours"] for p in peers]):
             await trio.sleep(0.05)
 
 
 async def _commit(session, replicas, timeout: float) -> None:
     await session.commit(replicas=replicas, timeout=timeout)
+
+
+# --- a peer in a child process -------------------------------------------------------------
+
+
+async def _serve_peer() -> None:
+    """Run one benchmark peer: a spec line in, its address out, then answer `counters`."""
+    from mesh import open_mesh
+
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    buffer = b""
+
+    async def line() -> bytes | None:
+        nonlocal buffer
+        while b"\n" not in buffer:
+            chunk = await stdin.receive_some(65536)
+            if not chunk:
+                return None
+            buffer += chunk
+        out, buffer = buffer.split(b"\n", 1)
+        return out
+
+    def reply(obj: dict) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    first = await line()
+    if first is None:
+        return
+    spec = json.loads(first)
+    cfg = _config(spec["name"], Path(spec["root"]), bytes.fromhex(spec["key"]), spec["seed"],
+                  spec["seeds"], spec)  # fmt: skip
+    async with open_mesh(cfg) as mesh:
+        reply({"address": mesh.address})
+        while (request := await line()) is not None:
+            if request != b"counters":
+                raise RuntimeError(f"unknown request {request!r}")
+            reply({**_counters(mesh), "cpu_s": time.process_time()})
+
+
+if __name__ == "__main__":
+    trio.run(_serve_peer)

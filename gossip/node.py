@@ -147,6 +147,12 @@ class Node:
             raise LocalError("this node has no replica")
         return self._flush(self._resolve(self.replicator.on_durable(now, doc_id)))
 
+    def on_durable_many(self, now: float, doc_ids: Sequence[str]) -> Output:
+        """Like `on_durable` for one group commit: one ack per peer covers every document."""
+        if self.replicator is None:
+            raise LocalError("this node has no replica")
+        return self._flush(self._resolve(self.replicator.on_durable_many(now, doc_ids)))
+
     def join(self, now: float, addresses: Sequence[str]) -> Output:
         """Contact peers found after start (mDNS, a seed added at runtime) with a push-pull."""
         self.membership.join(addresses)

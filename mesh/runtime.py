@@ -756,7 +756,7 @@ class Mesh:
                 self.storage_error = pending.batch.error  # type: ignore[assignment]
         if docs:
             now = trio.current_time()
-            self._emit_all([self.node.on_durable(now, doc_id) for doc_id in docs])
+            self._emit(self.node.on_durable_many(now, list(docs)))
 
     async def _durable_loop(self) -> None:
         while True:
