@@ -16,6 +16,7 @@ Epochs are ints in 1..2**53. Claiming at an epoch not above the current one rais
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,18 @@ class OwnershipTable:
     def __init__(self, doc: Doc) -> None:
         self.doc = doc
         self._claims = MaxEntries(doc, CLAIMS_ROOT)
+        # Failover reads every claim on each of its steps, many times between two
+        # changes of the table: keep the sorted list until the map changes. The observer
+        # only drops it, so it cannot raise; a weak reference keeps it from pinning us.
+        self._sorted: tuple[Claim, ...] | None = None
+        ref = weakref.ref(self)
+
+        def on_change(_event: Any) -> None:
+            table = ref()
+            if table is not None:
+                table._sorted = None
+
+        self._subscription: Any = self._claims.map.observe(on_change)
 
     def owner_of(self, workload: str) -> Claim | None:
         """The winning claim on `workload`, or None if nobody ever claimed it."""
@@ -83,14 +96,23 @@ class OwnershipTable:
 
     def claims(self) -> list[Claim]:
         """Every workload's winning claim, sorted by workload."""
-        return [_claim(e) for _, e in sorted(self._claims.winners().items())]
+        cached = self._sorted
+        if cached is None:
+            cached = tuple(_claim(e) for _, e in sorted(self._claims.winners().items()))
+            if self._subscription is not None:
+                self._sorted = cached
+        return list(cached)
 
     def workloads_of(self, owner: str) -> list[str]:
         """The workloads `owner` currently owns, sorted."""
-        return sorted(w for w, e in self._claims.winners().items() if e.writer == owner)
+        return [c.workload for c in self.claims() if c.owner == owner]
 
     def close(self) -> None:
         """Stop observing the document; the view still works, uncached."""
+        if self._subscription is not None:
+            self._claims.map.unobserve(self._subscription)
+            self._subscription = None
+        self._sorted = None
         self._claims.close()
 
     def to_dict(self) -> dict[str, Any]:

@@ -129,3 +129,22 @@ def test_schema_rejects_a_claim_with_a_value():
     with pytest.raises(SchemaError) as info:
         validate_document("ownership", t.doc)
     assert info.value.path == "claims['x']"
+
+
+def test_the_remembered_claim_list_follows_local_and_remote_changes():
+    a, b = OwnershipTable(new_doc()), OwnershipTable(new_doc())
+    a.claim("w", "n1", 1)
+    first = a.claims()
+    first.append(Claim("x", "bogus", 9))  # a caller's list is its own
+    assert a.claims() == [Claim("w", "n1", 1)]
+    a.claim("w", "n1", 2)  # a local write drops the remembered list
+    assert a.claims() == [Claim("w", "n1", 2)]
+    assert b.claims() == []
+    b.claim("v", "n2", 3)
+    _sync(a, b)  # so does a remote update
+    assert a.claims() == b.claims() == [Claim("v", "n2", 3), Claim("w", "n1", 2)]
+    assert a.workloads_of("n2") == ["v"]
+    a.close()  # closed: still correct, read afresh each time
+    b.claim("u", "n3", 1)
+    _sync(a, b)
+    assert [c.workload for c in a.claims()] == ["u", "v", "w"]
