@@ -521,20 +521,47 @@ class Store:
 
     def load_all(self, *, salvage: bool = False) -> dict[str, pycrdt.Doc]:
         """Rebuild every stored document, each with a fresh client id."""
+        loaded, _ = self.recover_all(salvage=salvage)
+        return {doc_id: result.doc for doc_id, result in loaded.items()}
+
+    def recover_all(
+        self, *, salvage: bool = False
+    ) -> tuple[dict[str, Loaded], tuple[CorruptRecord, ...]]:
+        """Rebuild every stored document and say how; also the ids too damaged to load.
+
+        With `salvage`, a document whose log is damaged comes back with what came before
+        the damage and its `Loaded.error` set; one whose rows SQLite cannot read (a bad
+        page) comes back empty with the error. A stored id that is not valid UTF-8 cannot
+        be loaded at all: it is returned in the second element.
+        """
         doc_ids = []
+        unloadable = []
         for doc_id in self.documents():
             damaged = _damaged_id(doc_id)
             if damaged is None:
                 doc_ids.append(doc_id)
             elif not salvage:
                 raise damaged
+            else:
+                unloadable.append(damaged)
         # One transaction records all the ids; documents are then rebuilt one at a time so
         # only one document's log is in memory at once.
         ids = self._new_client_ids([(doc_id, set()) for doc_id in doc_ids])
-        return {
-            doc_id: self._build(self._plan(doc_id, salvage=salvage), cid, salvage=salvage).doc
-            for doc_id, cid in zip(doc_ids, ids, strict=True)
-        }
+        loaded = {}
+        for doc_id, cid in zip(doc_ids, ids, strict=True):
+            try:
+                plan = self._plan(doc_id, salvage=salvage)
+            except (DiskFull, StoreClosed):
+                raise
+            except StorageError as exc:
+                if not salvage or isinstance(exc, CorruptRecord):
+                    raise
+                # SQLite cannot read this document's rows: nothing of it can be trusted,
+                # so it starts empty and is refilled from peers like any damaged one.
+                error = CorruptRecord(doc_id, None, f"its records cannot be read: {exc}")
+                plan = _Plan(doc_id, None, [], 0, error, (str(error),))
+            loaded[doc_id] = self._build(plan, cid, salvage=salvage)
+        return loaded, tuple(unloadable)
 
     def recover(self, doc_id: str, *, salvage: bool = False) -> Loaded:
         """Rebuild a document and say how (checkpoint used, updates applied, problems)."""
@@ -702,6 +729,66 @@ class Store:
                         "DELETE FROM log WHERE doc_id = ? AND last_seq <= ?", (doc_id, kept[0])
                     )
         return upto
+
+    def repair(self, doc_id: str, upto_seq: int, state: bytes) -> None:
+        """Supersede a damaged log: write `state` as the checkpoint at `upto_seq`.
+
+        The caller guarantees that `state` holds everything the records up to `upto_seq`
+        should have held (the runtime passes its replica, refilled from peers, and the
+        last sequence number committed when it encoded it). Records at or below
+        `upto_seq` that fail verification are deleted in the same transaction (they can
+        never be used again); sound ones stay until compaction prunes them. Raises
+        `CorruptRecord` if the document still does not load cleanly afterwards (damage
+        above `upto_seq`), `StorageError` if the file cannot be written.
+        """
+        check_doc_id(doc_id)
+        if isinstance(upto_seq, bool) or not isinstance(upto_seq, int) or upto_seq < 0:
+            raise InvalidValue(f"upto_seq must be an int >= 0, got {upto_seq!r}")
+        _check_update(state)
+        state = bytes(state)
+        with self._write("writing repair checkpoint") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (doc_id, upto_seq, data, checksum)"
+                " VALUES (?, ?, ?, ?)",
+                (doc_id, upto_seq, state, checkpoint_checksum(doc_id, upto_seq, state)),
+            )
+            prefix = _prefix(_LOG_KIND, doc_id)
+            bad = [
+                (first,)
+                for first, last, data, checksum in conn.execute(
+                    "SELECT first_seq, last_seq, CAST(data AS BLOB), CAST(checksum AS BLOB)"
+                    " FROM log WHERE doc_id = ? AND last_seq <= ?",
+                    (doc_id, upto_seq),
+                )
+                if not isinstance(first, int)
+                or not isinstance(last, int)
+                or not isinstance(data, bytes)
+                or _checksum(prefix, first, last, data) != checksum
+            ]
+            conn.executemany(
+                "DELETE FROM log WHERE doc_id = ? AND first_seq = ?",
+                [(doc_id, first) for (first,) in bad],
+            )
+            bad_ckpts = [
+                (upto,)
+                for upto, data, checksum in conn.execute(
+                    "SELECT upto_seq, CAST(data AS BLOB), CAST(checksum AS BLOB)"
+                    " FROM checkpoints WHERE doc_id = ? AND upto_seq < ?",
+                    (doc_id, upto_seq),
+                )
+                if not isinstance(upto, int)
+                or not isinstance(data, bytes)
+                or checkpoint_checksum(doc_id, upto, data) != checksum
+            ]
+            conn.executemany(
+                "DELETE FROM checkpoints WHERE doc_id = ? AND upto_seq = ?",
+                [(doc_id, upto) for (upto,) in bad_ckpts],
+            )
+        with self._lock:
+            self._next_seq[doc_id] = max(self._next_seq.get(doc_id, 1), upto_seq + 1)
+        plan = self._plan(doc_id, salvage=True)
+        if plan.error is not None:
+            raise plan.error
 
     def verify(self, *, schema: bool = True, deep: bool = True) -> Report:
         """Check every record's checksum; `deep` adds SQLite's integrity check and every checkpoint."""
@@ -873,7 +960,11 @@ def _translate(exc: sqlite3.Error, what: str, path: Path) -> StorageError:
     if primary == _SQLITE_FULL:
         return DiskFull(f"{what}: disk full at {path}: {exc}")
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in str(exc):
-        return StorageError(f"{what}: database file {path} is damaged: {exc}")
+        return StorageError(
+            f"{what}: database file {path} is damaged: {exc}; to recover, move it and its"
+            " -wal and -shm files aside and restart the peer: it starts empty and refills"
+            " from its peers"
+        )
     return StorageError(f"{what}: {path}: {exc}")
 
 
@@ -1158,6 +1249,24 @@ class AsyncStore:
     async def recover(self, doc_id: str, *, salvage: bool = False) -> Loaded:
         """Rebuild a document and say how, off the event loop."""
         return await self._run(self.store.recover, doc_id, salvage=salvage)
+
+    async def recover_all(
+        self, *, salvage: bool = False
+    ) -> tuple[dict[str, Loaded], tuple[CorruptRecord, ...]]:
+        """Rebuild every document and say how, off the event loop (see `Store.recover_all`)."""
+        return await self._run(self.store.recover_all, salvage=salvage)
+
+    def committed_seq(self, doc_id: str) -> int:
+        """The highest sequence number of `doc_id` committed so far (0 if none).
+
+        Read on the trio thread (it waits for the store's lock, at most one group
+        commit): `repair` needs it at the same instant as the replica's state.
+        """
+        return self.store.last_seq(doc_id)
+
+    async def repair(self, doc_id: str, upto_seq: int, state: bytes) -> None:
+        """Supersede a damaged log with a checkpoint, off the event loop (see `Store.repair`)."""
+        await self._run(self.store.repair, doc_id, upto_seq, state)
 
     async def checkpoint(self, doc_id: str, *, prune: bool = True) -> int | None:
         """Checkpoint a document while appends continue."""
