@@ -4,7 +4,14 @@ The peer prints exactly one line on stdout once it serves, a JSON object that sc
 and tests wait for::
 
     {"event": "ready", "node": "a", "cluster": "statemesh", "address": "198.18.0.2:7946",
-     "http": "198.18.0.2:8080", "documents": 0, "pid": 1234}
+     "http": "198.18.0.2:8080", "documents": 0, "damaged": [], "pid": 1234}
+
+`damaged` lists the documents loaded from a damaged log: the peer serves what came before
+the damage, logs one line per document, answers 503 on `/readyz` and refuses durable
+commits on them until peers refill them. A database file SQLite cannot open at all
+(truncated, not a database) stops the peer with exit 2 and one line naming the file and
+what to do: move it (with its -wal and -shm files) aside and restart; the peer starts
+empty and refills from its peers.
 
 and, after a graceful leave, one more: `{"event": "stopped", "node": "a"}`. Diagnostics
 go to stderr. Exit codes (see `cli.main`): 0 after a graceful leave; 2 for bad flags, a
@@ -142,6 +149,7 @@ async def _main(config) -> None:
                     "address": mesh.address,
                     "http": mesh.http_address,
                     "documents": len(mesh.replica),
+                    "damaged": sorted(mesh.replica.damaged),
                     "pid": os.getpid(),
                 }
             )

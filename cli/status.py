@@ -3,7 +3,7 @@
     statemesh status --http HOST:PORT [--json] [--watch [--interval S] [--count N]]
 
 Shows the peer's members and their SWIM state, its readiness (with the reasons when it
-is not ready) and liveness, how far behind each peer it is, how many sessions each peer
+is not ready), documents damaged on its disk and not yet refilled from peers, liveness, how far behind each peer it is, how many sessions each peer
 owns, and the last takeovers this peer performed. Everything comes from the peer's
 ``GET /status``; no token is needed.
 
@@ -61,7 +61,7 @@ def render(status: dict[str, Any]) -> Any:
     head = Text()
     head.append(f"node {me}", style="bold")
     head.append(f"  cluster {status.get('cluster', '?')}  address {status.get('address')}\n")
-    ready = health.get("ready", status.get("ready"))
+    ready = health.get("ready")
     head.append("ready ", style="bold")
     head.append(_yes(ready), style="green" if ready else "bold red")
     head.append("  live ", style="bold")
@@ -74,6 +74,14 @@ def render(status: dict[str, Any]) -> Any:
     )
     for reason in health.get("reasons", []):
         head.append(f"\n  not ready: {reason}", style="yellow")
+    for damage in health.get("damaged_documents", []):
+        record = damage.get("record")
+        head.append(
+            f"\n  damaged document {damage.get('document')}"
+            + (f" from record {record}" if record is not None else "")
+            + f": {damage.get('reason')} (refilling from peers)",
+            style="bold red",
+        )
     owned = status.get("sessions_owned", {})
     lag = status.get("lag", {})
     members = Table(title="members", title_justify="left", expand=False)

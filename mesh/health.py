@@ -11,7 +11,8 @@ Two signals, served as `/livez` and `/readyz` by `mesh.ops_http`:
   stack of the blocked trio thread, because by the time the loop answers again the
   culprit is gone. (A probe whose timeout is shorter than the stall times out instead;
   probes count that as a failure too.)
-* **Readiness** (`CatchUp` and `assess`): ready when the store works, the node has
+* **Readiness** (`CatchUp` and `assess`): ready when the store works and holds no
+  damaged document (one loaded from a damaged log, until peers refilled it), the node has
   joined, and its replicas hold what peers advertise. "What peers advertise" is the
   durable state vector each peer reported per document (in replica acks and anti-entropy
   exchanges); we compare it with our *durable* vector, because only what is on our disk
@@ -49,6 +50,7 @@ __all__ = [
     "LoopWatchdog",
     "Readiness",
     "assess",
+    "covers",
 ]
 
 log = logging.getLogger("statemesh.health")
@@ -176,7 +178,8 @@ class Readiness:
         }
 
 
-def _covers(ours: bytes, theirs: bytes) -> bool:
+def covers(ours: bytes, theirs: bytes) -> bool:
+    """Whether state vector `ours` covers `theirs` (an unreadable `theirs` is covered)."""
     if ours == theirs:
         return True
     try:
@@ -230,7 +233,7 @@ class CatchUp:
                 if hit is not None and hit[0] == theirs and hit[1] == mine:
                     covered = hit[2]
                 else:
-                    covered = _covers(mine, theirs)
+                    covered = covers(mine, theirs)
                     cache[key] = (theirs, mine, covered)
                 if not covered:
                     lacking.append(doc_id)
@@ -264,14 +267,25 @@ def assess(
     store_error: str | None = None,
     leaving: bool = False,
     standby_behind: Iterable[tuple[str, str]] = (),
+    damaged: Iterable[str] = (),
 ) -> Readiness:
-    """Decide readiness from plain facts (see the module docstring for the rules)."""
+    """Decide readiness from plain facts (see the module docstring for the rules).
+
+    `damaged` describes each document loaded from a damaged log (id, record, cause).
+    """
     ready_lag = _positive(ready_lag, "ready_lag")
     reasons: list[str] = []
     if leaving:
         reasons.append("leaving: this node is handing its sessions over and shutting down")
     if store_error is not None:
         reasons.append(f"store: {store_error}")
+    damaged = list(damaged)
+    if damaged:
+        # One reason naming every damaged document: a probe shows one line per cause.
+        reasons.append(
+            f"damaged: {len(damaged)} document(s) damaged on disk, refilling from peers"
+            f" (durable commits on them refused): {'; '.join(damaged)}"
+        )
     alone = live_peers == 0
     if alone and expects_peers and now - started_at < JOIN_GRACE:
         reasons.append(

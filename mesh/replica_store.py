@@ -20,6 +20,11 @@ Invariants:
   BaseException and is turned into `RemoteError` as well).
 * A remote change is told apart from a local one by a flag set only for the duration of
   `apply`; the observer runs synchronously inside that call.
+* A document loaded from a damaged log (`mark_damaged`) holds what came before the damage.
+  Until `repaired` supersedes the log with a checkpoint, its durable vector stays what the
+  store would reload (the salvaged prefix), whatever is appended meanwhile: appends land
+  after the damaged record, where a restart would not reach them. So its acks never claim
+  more than the disk can give back, and `check_durable` refuses durable commits on it.
 * New documents get pycrdt client ids the store recorded durably (a small pool refilled
   off the event loop), so a client id is never reused with a different history. If the
   pool is empty (a burst of new remote documents), pycrdt's random id is used: those
@@ -28,20 +33,23 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pycrdt
 
-from crdt_types.errors import LocalError, RemoteError
+from crdt_types.errors import CorruptRecord, LocalError, RemoteError
 from crdt_types.fingerprint import fingerprint as _fingerprint
 from gossip.replica import EMPTY_STATE_VECTOR, check_remote_doc_id, diff_of
 from mesh.storage import MAX_UPDATE_BYTES, AsyncStore, Pending
 
-__all__ = ["Change", "DurableReplica"]
+__all__ = ["Change", "Damage", "DurableReplica"]
 
 CLIENT_ID_POOL = 32
+
+_log = logging.getLogger("statemesh.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,23 @@ class Change:
     doc_id: str
     update: bytes
     local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Document `doc_id` was loaded from a damaged log: records from `seq` on are not used."""
+
+    doc_id: str
+    seq: int | None
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON data (for `/status`)."""
+        return {"document": self.doc_id, "record": self.seq, "reason": self.reason}
+
+    def __str__(self) -> str:
+        where = f" at record {self.seq}" if self.seq is not None else ""
+        return f"{self.doc_id}{where}: {self.reason}"
 
 
 class DurableReplica:
@@ -72,6 +97,7 @@ class DurableReplica:
         # commit's CPU. Cached like fingerprints, dropped by the observer on any change.
         self._svs: dict[str, bytes] = {}
         self._durable: dict[str, bytes] = {}
+        self.damaged: dict[str, Damage] = {}
         self._remote = False
         self._closed = False
         self._on_change = on_change
@@ -127,8 +153,48 @@ class DurableReplica:
         return len(self._changes)
 
     def mark_durable(self, doc_id: str, state_vector: bytes) -> None:
-        """Record that `state_vector` of `doc_id` is on disk."""
-        self._durable[doc_id] = state_vector
+        """Record that `state_vector` of `doc_id` is on disk (ignored while it is damaged)."""
+        if doc_id not in self.damaged:
+            self._durable[doc_id] = state_vector
+
+    def mark_damaged(self, error: CorruptRecord) -> Damage | None:
+        """Note that `error.doc_id` was loaded from a damaged log; logs one line.
+
+        A document this replica does not hold (its stored id itself is damaged) cannot be
+        served nor refilled under that id: it is only logged, and None returned.
+        """
+        doc_id = error.doc_id
+        if doc_id not in self._docs:
+            _log.error("a stored document cannot be loaded at all and is skipped: %s", error)
+            return None
+        # The CorruptRecord's message starts with the document and record: keep the cause.
+        reason = str(error).split(": ", 1)[-1]
+        damage = self.damaged[doc_id] = Damage(doc_id, error.seq, reason)
+        _log.error(
+            "document %r is damaged on disk (%s%s); serving what came before the damage,"
+            " durable commits on it are refused until peers refill it",
+            doc_id,
+            "" if damage.seq is None else f"record {damage.seq}: ",
+            reason,
+        )
+        return damage
+
+    def check_durable(self, doc_id: str) -> None:
+        """Raise `CorruptRecord` if `doc_id` is damaged: the store cannot honour a durable ack."""
+        damage = self.damaged.get(doc_id)
+        if damage is not None:
+            raise CorruptRecord(
+                doc_id,
+                damage.seq,
+                f"damaged on this node's disk ({damage.reason}); durable commits are refused"
+                " until it is refilled from peers (see /readyz)",
+            )
+
+    def repaired(self, doc_id: str, state_vector: bytes) -> None:
+        """The store now reloads `doc_id` cleanly up to `state_vector`: clear the mark."""
+        if self.damaged.pop(doc_id, None) is not None:
+            self._durable[doc_id] = state_vector
+            _log.warning("document %r repaired: refilled from peers and checkpointed", doc_id)
 
     def __len__(self) -> int:
         return len(self._docs)

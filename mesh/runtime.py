@@ -170,6 +170,7 @@ class Session:
     ) -> list[str]:
         """Wait until the writes so far are durable here (and on `replicas` peers); see module doc."""
         self.mesh._authorize_write(self.doc_id)
+        self.mesh.replica.check_durable(self.doc_id)  # before its ownership claim is committed
         ops = self.mesh.ops
         if ops is None:
             return await self._replicate(replicas, timeout)
@@ -350,6 +351,7 @@ class Mesh:
             raise LocalError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if doc_id not in self.replica:
             raise LocalError(f"no document {doc_id!r} on this node")
+        self.replica.check_durable(doc_id)  # CorruptRecord while the store cannot honour it
         if self.replica.queued:
             # Let the other tasks that are about to commit queue their writes too, so one
             # pump sends them all in one frame per peer instead of one frame per commit.
@@ -464,13 +466,13 @@ class Mesh:
         }
 
     def status(self) -> dict[str, Any]:
-        """What `GET /status` serves: node, cluster, members, documents, ready, counters."""
+        """What `GET /status` serves: node, cluster, members, documents, started, counters."""
         return {
             "node": self.node_id,
             "cluster": self.config.cluster,
             "address": self.address,
             "http": self.http_address,
-            "ready": self.ready and not self._leaving,
+            "started": self.ready and not self._leaving,
             "incarnation": self.node.membership.incarnation,
             "members": self.members(),
             "documents": len(self.replica),
@@ -867,9 +869,17 @@ async def open_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
     rng = random.Random(config.seed if config.seed is not None else secrets.randbits(64))
     try:
         async with AsyncStore.open(config.data_dir, node_name=config.node) as store:
-            docs = await store.load_all()
+            # Salvage: a damaged document keeps what came before the damage and is marked;
+            # the node serves, reports it on /readyz and refills it from peers (mesh.ops).
+            loaded, unloadable = await store.recover_all(salvage=True)
+            docs = {doc_id: result.doc for doc_id, result in loaded.items()}
             async with Transport(config.listen, config.transport, rng=rng) as transport:
                 mesh = Mesh(config, store, transport, docs, rng)
+                for result in loaded.values():
+                    if result.error is not None:
+                        mesh.replica.mark_damaged(result.error)
+                for error in unloadable:
+                    mesh.replica.mark_damaged(error)
                 async with trio.open_nursery() as nursery:
                     try:
                         await mesh._start(nursery)

@@ -20,14 +20,16 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
-from crdt_types.errors import CorruptRecord, DiskFull, StorageError
+from crdt_types.errors import CorruptRecord, DiskFull, NotOwner, StorageError
 from mesh import MeshConfig, open_mesh
 from mesh.storage import DB_NAME, Store
+from tests.mesh.helpers import MeshKit
 
 SEED = 20261203
 
@@ -128,9 +130,10 @@ async def test_full_disk_refuses_acks_reports_it_and_loses_nothing_acknowledged(
             assert again.replica.durable_state_vector("session/busy") == durable_after
 
 
-# --- corrupted and truncated files: refuse to run on them, change nothing, keep the rest ----
+# --- a damaged document: served, reported, refused durability, refilled from peers ----------
 
 STATEMESH = [sys.executable, "-m", "cli.main"]
+_kit = MeshKit(SEED)
 
 
 def _peer_once(data: Path) -> subprocess.CompletedProcess:
@@ -156,12 +159,15 @@ def _files(data: Path) -> list[object]:
 async def _write_five(data: Path) -> None:
     async with open_mesh(_cfg(data)) as mesh:
         s = await mesh.session("s")
+        t = await mesh.session("t")
+        t.state.set_memory("other", "fine")
+        await t.commit()
         for i in range(5):
             s.state.set_memory(f"k{i}", i)
             await s.commit()  # one batch, one log record each
 
 
-def _last_records(data: Path, doc_id: str) -> list[int]:
+def _records(data: Path, doc_id: str) -> list[int]:
     with contextlib.closing(sqlite3.connect(data / DB_NAME)) as db:
         rows = db.execute(
             "SELECT first_seq FROM log WHERE doc_id = ? ORDER BY first_seq", (doc_id,)
@@ -169,47 +175,173 @@ def _last_records(data: Path, doc_id: str) -> list[int]:
         return [r[0] for r in rows]
 
 
-@pytest.mark.parametrize("damage", ["data", "checksum", "missing"])
-async def test_a_corrupted_record_stops_the_peer_with_one_line_and_keeps_what_came_before(
-    tmp_path, damage
+def _damage(data: Path, doc_id: str, seq: int, how: str) -> None:
+    """Damage one record: flip bytes of its blob in the file itself, or its checksum or
+    its row through SQLite (what a torn write or a lost page leaves behind)."""
+    db_path = data / DB_NAME
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        where = "WHERE doc_id = ? AND first_seq = ?"
+        if how == "bytes":
+            (blob,) = db.execute(f"SELECT data FROM log {where}", (doc_id, seq)).fetchone()
+        elif how == "checksum":
+            db.execute(f"UPDATE log SET checksum = zeroblob(32) {where}", (doc_id, seq))
+        else:
+            db.execute(f"DELETE FROM log {where}", (doc_id, seq))
+        db.commit()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the blob now lives in the main file
+    if how == "bytes":
+        raw = bytearray(db_path.read_bytes())
+        at = raw.find(blob)
+        assert at >= 0 and raw.find(blob, at + 1) < 0, "the record's blob is not unique"
+        middle = at + len(blob) // 2
+        raw[middle : middle + 4] = bytes(b ^ 0xFF for b in raw[middle : middle + 4])
+        db_path.write_bytes(bytes(raw))
+
+
+async def _http_get(address: str, path: str) -> tuple[int, object]:
+    def get() -> tuple[int, object]:
+        try:
+            with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as r:
+                body = r.read()
+                status = r.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode()
+
+    return await trio.to_thread.run_sync(get)
+
+
+@pytest.mark.parametrize("how", ["bytes", "checksum", "missing"])
+async def test_a_damaged_document_is_served_reported_and_refuses_durable_commits(
+    tmp_path, caplog, how
 ):
     data = tmp_path / "n"
     await _write_five(data)
-    seqs = _last_records(data, "session/s")
-    victim = seqs[-2]  # the record holding k3: k4 after it must not be applied alone
-    with contextlib.closing(sqlite3.connect(data / DB_NAME)) as db:
-        where = "WHERE doc_id = 'session/s' AND first_seq = ?"
-        if damage == "data":
-            db.execute(f"UPDATE log SET data = zeroblob(length(data)) {where}", (victim,))
-        elif damage == "checksum":
-            db.execute(f"UPDATE log SET checksum = zeroblob(32) {where}", (victim,))
-        else:
-            db.execute(f"DELETE FROM log {where}", (victim,))
-        db.commit()
-    before = _files(data)
-    out = _peer_once(data)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "session/s" in lines[0] and f"record {victim}" in lines[0], lines
-    assert _files(data) == before, "refusing to start must not change the store"
-    # The operator's view names the same record, and everything before it is intact.
-    inspect = subprocess.run(
-        [*STATEMESH, "inspect", str(data)], capture_output=True, text=True, timeout=60
-    )
-    assert inspect.returncode == 1 and "session/s" in inspect.stdout + inspect.stderr
-    with Store.open(data, readonly=True) as store:
-        with pytest.raises(CorruptRecord) as info:
-            store.load("session/s")
-        assert info.value.seq == victim
-        doc = store.load("session/s", salvage=True)
-    from crdt_types.session import SessionState
+    victim = _records(data, "session/s")[-2]  # holds k3; k4 after it must not apply alone
+    _damage(data, "session/s", victim, how)
+    caplog.set_level("INFO", logger="statemesh.store")
+    async with open_mesh(_cfg(data, http="127.0.0.1:0")) as mesh:
+        # One clear line naming the document and the record, no traceback.
+        lines = [r for r in caplog.records if "damaged on disk" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+        assert "session/s" in lines[0].getMessage() and f"record {victim}" in lines[0].getMessage()
+        assert lines[0].exc_info is None
+        # Served: what came before the damage, nothing after it.
+        kept = mesh.read_session("s")
+        assert [kept.get_memory(f"k{i}") for i in range(3)] == [0, 1, 2]
+        assert kept.get_memory("k3") is None and kept.get_memory("k4") is None
+        # Reported: /readyz 503 naming it, /livez 200, /status and /metrics show it.
+        status, body = await _http_get(mesh.http_address, "/readyz")
+        assert status == 503 and any("session/s" in r for r in body["reasons"]), body
+        status, body = await _http_get(mesh.http_address, "/livez")
+        assert status == 200, body
+        status, body = await _http_get(mesh.http_address, "/status")
+        damaged = body["health"]["damaged_documents"]
+        assert [(d["document"], d["record"]) for d in damaged] == [("session/s", victim)], body
+        assert body["started"] is True and "ready" not in body
+        status, text = await _http_get(mesh.http_address, "/metrics")
+        assert "statemesh_store_damaged_documents 1.0" in text
+        # Durable commits on it are refused, at every level; the write stays in memory.
+        durable = mesh.replica.durable_state_vector("session/s")
+        s = await mesh.session("s")
+        s.state.set_memory("after", "x")
+        for level in (None, 1):
+            with pytest.raises(CorruptRecord) as info:
+                await s.commit(replicas=level, timeout=2)
+            assert info.value.doc_id == "session/s" and info.value.seq == victim
+        await mesh.store.flush()
+        assert mesh.replica.durable_state_vector("session/s") == durable
+        # Undamaged documents work and commit.
+        t = await mesh.session("t")
+        assert t.state.get_memory("other") == "fine"
+        t.state.set_memory("more", "ok")
+        await t.commit()
+    # Nothing changed in the damaged history by serving it (no repair without peers).
+    with Store.open(data, readonly=True) as store, pytest.raises(CorruptRecord):
+        store.load("session/s")
 
-    kept = SessionState(doc)
-    assert [kept.get_memory(f"k{i}") for i in range(3)] == [0, 1, 2]
-    assert kept.get_memory("k4") is None  # never applied past the gap
+
+async def test_a_live_peer_refills_a_damaged_document_and_readyz_returns_to_200(tmp_path):
+    a_cfg = _kit.config(tmp_path, "a", http="127.0.0.1:0")
+    acked: dict[str, int] = {}
+    # b leaves first, so a keeps owning the session (a graceful leave would hand it to b).
+    async with open_mesh(a_cfg) as a:
+        async with open_mesh(_kit.config(tmp_path, "b", seeds=[a.address], seed=1)) as b:
+            s = await a.session("s")
+            for i in range(5):
+                s.state.set_memory(f"k{i}", i)
+                assert await s.commit(replicas=1, timeout=10) == ["b"]
+                acked[f"k{i}"] = i
+    async with open_mesh(_kit.config(tmp_path, "b", seed=1)) as b:
+        victim = _records(tmp_path / "a", "session/s")[-2]
+        _damage(tmp_path / "a", "session/s", victim, "bytes")
+        async with open_mesh(replace(a_cfg, seeds=[b.address])) as a:
+            # b knows what a holds durably: while damaged, a never claims more than its disk.
+            full = b.replica.state_vector("session/s")
+            await _kit.wait_until("a repaired", lambda: not a.replica.damaged, timeout=20)
+            status, body = await _http_get(a.http_address, "/readyz")
+            for _ in range(100):  # readiness also waits for the first catch-up: bounded
+                if status == 200:
+                    break
+                await trio.sleep(0.1)
+                status, body = await _http_get(a.http_address, "/readyz")
+            assert status == 200, body
+            assert a.replica.fingerprint("session/s") == b.replica.fingerprint("session/s")
+            state = a.read_session("s")
+            assert {k: state.get_memory(k) for k in acked} == acked
+            assert a.replica.durable_state_vector("session/s") == full
+            # The session stays a's: after the repair its writes commit again.
+            s = await a.session("s")
+            await _kit.wait_until("ownership confirmed", lambda: _commits(s))
+            assert a.owner_of("s") == "a"
+            s.state.set_memory("after", "repair")
+            assert await s.commit(replicas=1, timeout=10) == ["b"]
+            acked["after"] = "repair"
+    # A restart after the repair loads cleanly, alone, with everything acknowledged.
+    with Store.open(tmp_path / "a", readonly=True) as store:
+        assert store.verify().ok, store.verify()
+    async with open_mesh(replace(a_cfg, http=None)) as a:
+        assert not a.replica.damaged
+        state = a.read_session("s")
+        assert {k: state.get_memory(k) for k in acked} == acked
 
 
-async def test_a_truncated_database_stops_the_peer_with_one_line_naming_the_file(tmp_path):
+def _commits(session) -> bool:
+    try:
+        session.mesh._authorize_write(session.doc_id)
+    except NotOwner:
+        return False
+    return True
+
+
+async def test_a_peer_starts_on_a_corrupted_file_and_reports_the_damaged_document(tmp_path):
+    from tests.cli.test_peer import Peer
+
+    data = tmp_path / "n"
+    await _write_five(data)
+    victim = _records(data, "session/s")[-2]
+    _damage(data, "session/s", victim, "bytes")
+    peer = Peer(
+        "--node", "n", "--data", str(data), "--listen", "127.0.0.1:0",
+        "--http", "127.0.0.1:0", "--no-mdns", "--insecure",
+    )  # fmt: skip
+    try:
+        assert peer.ready["event"] == "ready" and peer.ready["damaged"] == ["session/s"]
+        status, body = await _http_get(peer.ready["http"], "/readyz")
+        assert status == 503 and any("session/s" in r for r in body["reasons"]), body
+        status, _ = await _http_get(peer.ready["http"], "/livez")
+        assert status == 200
+    finally:
+        stderr = peer.stop_hard()
+    damaged = [line for line in stderr.splitlines() if "damaged on disk" in line]
+    assert len(damaged) == 1 and "session/s" in damaged[0] and f"record {victim}" in damaged[0]
+    assert "Traceback" not in stderr, stderr
+
+
+async def test_a_truncated_database_stops_the_peer_with_one_line_saying_what_to_do(tmp_path):
     data = tmp_path / "n"
     await _write_five(data)
     db = data / DB_NAME
@@ -221,6 +353,7 @@ async def test_a_truncated_database_stops_the_peer_with_one_line_naming_the_file
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and str(db) in lines[0] and "damaged" in lines[0], lines
+    assert "move it" in lines[0] and "refills from its peers" in lines[0], lines
     assert _files(data) == before
     with pytest.raises(StorageError):
         async with open_mesh(_cfg(data)):

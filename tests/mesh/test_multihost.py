@@ -231,7 +231,7 @@ def test_peers_discover_each_other_over_mdns_without_seeds(cluster):
     cluster.wait_for("every peer to report every peer alive", cluster.all_alive)
     for i in range(PEERS):
         status = cluster.get(i, "/status")
-        assert status["node"] == f"p{i}" and status["cluster"] == "mh" and status["ready"]
+        assert status["node"] == f"p{i}" and status["cluster"] == "mh" and status["started"]
         me = [m for m in status["members"] if m["node"] == f"p{i}"]
         assert me and me[0]["address"] == cluster.addr(i)
 

@@ -39,7 +39,7 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode()
 
 
-async def test_status_reports_node_cluster_members_documents_ready(tmp_path):
+async def test_status_reports_node_cluster_members_documents_started(tmp_path):
     cfg = MeshConfig(node="h", data_dir=tmp_path / "h", insecure=True, http="127.0.0.1:0")
     async with open_mesh(cfg) as mesh:
         s = await mesh.session("one")
@@ -48,7 +48,7 @@ async def test_status_reports_node_cluster_members_documents_ready(tmp_path):
         status, body = await request(mesh.http_address, get("/status"))
         assert status == 200
         assert body["node"] == "h" and body["cluster"] == "statemesh"
-        assert body["ready"] is True
+        assert body["started"] is True
         # The session, plus whatever bookkeeping documents the node keeps (ownership).
         assert body["documents"] == len(mesh.documents()) >= 1
         assert body["members"] == [
