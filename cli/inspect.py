@@ -6,6 +6,10 @@ rebuilt from its checkpoint and log, which verifies each record's checksum on th
 `--verify` adds SQLite's integrity check, every older checkpoint and the schema of every
 document. Exit codes follow `cli.main`: 0 sound, 1 corruption found (the message names the
 document and the record), 2 no usable store in DATA_DIR.
+
+A running peer serves a damaged document from the records before the damage and refills it
+from its peers (`/readyz` says so meanwhile); once refilled, a checkpoint supersedes the
+damaged records and inspect finds the store sound again.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ def report_json(report: Report | None, errors: list[str]) -> dict:
                 "last_seq": d.last_seq,
                 "fingerprint": d.fingerprint,
                 "ok": d.error is None,
+                "error": d.error,
             }
             for d in report.documents
         ]

@@ -72,6 +72,7 @@ def test_corrupt_record_exits_1_naming_document_and_record(
     assert any("session/b" in e and "record 4" in e for e in result["errors"])
     docs = {d["id"]: d for d in result["documents"]}
     assert docs["session/a"]["ok"] is True and docs["session/b"]["ok"] is False
+    assert docs["session/a"]["error"] is None and "record 4" in docs["session/b"]["error"]
     # Without --verify the damaged record is found as well (loading verifies checksums).
     assert main(["inspect", str(tmp_path)]) == 1
     err = capsys.readouterr().err

@@ -49,6 +49,27 @@ def test_the_human_view_lists_members_and_readiness(pair):
     assert "a (this peer)" in text and "alive" in text and a.address in text
 
 
+def test_the_human_view_shows_damaged_documents_and_json_has_started_not_ready(pair):
+    from rich.console import Console
+
+    from cli.status import render
+
+    _, _, a, _ = pair
+    status = json.loads(cli("status", "--http", a.http, "--json").stdout)
+    assert status["started"] is True and "ready" not in status
+    assert status["health"]["damaged_documents"] == []
+    # A damaged peer's answer (as /status serves it) is shown with the record and cause.
+    status["health"]["ready"] = False
+    status["health"]["damaged_documents"] = [
+        {"document": "session/s", "record": 4, "reason": "record fails its checksum"}
+    ]
+    console = Console(width=200, record=True)
+    console.print(render(status))
+    text = console.export_text()
+    assert "ready NO" in text
+    assert "damaged document session/s from record 4: record fails its checksum" in text
+
+
 def test_watch_refreshes_count_times_then_exits_0(pair):
     _, _, a, _ = pair
     out = cli("status", "--http", a.http, "--watch", "--json", "--count", "3", "--interval", "0.05")

@@ -146,6 +146,17 @@ def test_store_errors_and_leaving_make_a_node_not_ready_with_the_reason():
     assert not r.ready and r.reasons[0].startswith("leaving")
 
 
+def test_damaged_documents_make_a_node_not_ready_naming_each_one():
+    cu = CatchUp()
+    cu.update(1.0, {}, {}.get, [], exchanged=False)
+    damaged = ["session/s at record 4: record fails its checksum", "ownership: unreadable"]
+    r = _assess(cu, live_peers=0, expects_peers=False, damaged=damaged)
+    assert not r.ready and len(r.reasons) == 1
+    assert r.reasons[0].startswith("damaged: 2 document(s)")
+    assert "session/s at record 4" in r.reasons[0] and "ownership" in r.reasons[0]
+    assert _assess(cu, live_peers=0, expects_peers=False, damaged=[]).ready
+
+
 @pytest.mark.parametrize("bad", [0, -2.0, float("nan"), "2", None])
 def test_assess_refuses_a_bad_ready_lag(bad):
     with pytest.raises(LocalError):

@@ -12,7 +12,7 @@ import random
 import pycrdt
 import pytest
 
-from crdt_types.errors import RemoteError
+from crdt_types.errors import CorruptRecord, RemoteError
 from crdt_types.fingerprint import fingerprint
 from gossip.replica import EMPTY_STATE_VECTOR
 from mesh.replica_store import DurableReplica
@@ -120,3 +120,38 @@ async def test_garbage_changes_nothing_and_creates_nothing(tmp_path):
             replica.apply("d", b"\xff\xfe garbage")
         assert (replica.state_vector("d"), replica.fingerprint("d")) == (sv, fp)
         _assert_consistent(replica, "d", 5)
+
+
+async def test_a_damaged_document_never_claims_more_durable_than_its_disk(tmp_path, caplog):
+    writer, updates = _updates(10, 7)
+    async with AsyncStore.open(tmp_path) as store:
+        first = pycrdt.Doc()
+        for u in updates[:5]:
+            first.apply_update(u)
+        replica = DurableReplica(store, {"d": first, "ok": pycrdt.Doc()})
+        salvaged = replica.durable_state_vector("d")
+        damage = replica.mark_damaged(CorruptRecord("d", 6, "record fails its checksum"))
+        assert damage is not None and (damage.doc_id, damage.seq) == ("d", 6)
+        assert damage.to_dict() == {
+            "document": "d", "record": 6, "reason": "record fails its checksum"
+        }  # fmt: skip
+        logged = [r.getMessage() for r in caplog.records if r.name == "statemesh.store"]
+        assert len(logged) == 1 and "'d'" in logged[0] and "record 6" in logged[0]
+        # Peers refill it; what is appended meanwhile is not reloadable: durable stays.
+        for u in updates[5:]:
+            replica.apply("d", u)
+        for _, pending in replica.drain():
+            await pending.wait()
+        replica.mark_durable("d", replica.state_vector("d"))
+        assert replica.durable_state_vector("d") == salvaged
+        with pytest.raises(CorruptRecord) as info:
+            replica.check_durable("d")
+        assert (info.value.doc_id, info.value.seq) == ("d", 6)
+        replica.check_durable("ok")  # undamaged documents are not affected
+        # Repaired: the mark clears and the durable vector is what the repair wrote.
+        replica.repaired("d", replica.state_vector("d"))
+        assert not replica.damaged and replica.durable_state_vector("d") == writer.get_state()
+        replica.check_durable("d")
+        # A damaged id the replica does not hold is only logged.
+        assert replica.mark_damaged(CorruptRecord("gone", None, "id damaged")) is None
+        assert not replica.damaged

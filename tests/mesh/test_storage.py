@@ -473,3 +473,74 @@ def test_replay_without_pycrdt_internals_gives_the_same_document(
         slow = store.load("session/a")
     assert memory_of(fast) == memory_of(slow) == memory_of(w.doc)
     assert fingerprint_hex(fast) == fingerprint_hex(slow) == fingerprint_hex(w.doc)
+
+
+# --- salvage on open and repair from a refilled replica -------------------------------------
+
+
+def test_recover_all_salvages_every_document_and_names_the_damaged_ones(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 6)
+        other = fill(store, "session/b", 3)
+    _tamper(
+        tmp_path,
+        "UPDATE log SET checksum = zeroblob(32) WHERE doc_id = 'session/a' AND first_seq = 3",
+    )
+    with Store.open(tmp_path) as store:
+        with pytest.raises(CorruptRecord):
+            store.recover_all()
+        loaded, unloadable = store.recover_all(salvage=True)
+        assert unloadable == ()
+        assert sorted(loaded) == ["session/a", "session/b"]
+        a, b = loaded["session/a"], loaded["session/b"]
+        assert memory_of(a.doc) == {"k0": 0.0, "k1": 1.0} and a.error is not None
+        assert (a.error.doc_id, a.error.seq) == ("session/a", 3)
+        assert b.error is None and memory_of(b.doc) == memory_of(other.doc)
+
+
+def test_repair_supersedes_the_damaged_log_and_the_document_loads_cleanly(tmp_path: Path) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 6, w)
+    _tamper(
+        tmp_path,
+        "UPDATE log SET data = zeroblob(length(data)) WHERE doc_id = 'session/a' AND first_seq = 3",
+    )
+    with Store.open(tmp_path) as store:
+        upto = store.last_seq("session/a")
+        # A state that stops short of the damage cannot be written below it: still damaged.
+        with pytest.raises(CorruptRecord):
+            store.repair("session/a", 2, w.doc.get_update())
+        # The whole state (what peers refill) at the last committed seq supersedes it.
+        store.repair("session/a", upto, w.doc.get_update())
+        assert memory_of(store.load("session/a")) == memory_of(w.doc)
+        assert store.verify().ok  # the record that failed its checksum is gone
+        # Appends continue above the checkpoint and load on top of it.
+        store.append("session/a", w.set("after", 7))
+    with Store.open(tmp_path) as store:
+        assert memory_of(store.load("session/a")) == memory_of(w.doc)
+
+
+@pytest.mark.parametrize(
+    ("doc_id", "upto", "state", "error"),
+    [
+        ("", 1, None, InvalidValue),
+        ("session/a", -1, None, InvalidValue),
+        ("session/a", True, None, InvalidValue),
+        ("session/a", "3", None, InvalidValue),
+        ("session/a", 6, b"", InvalidValue),
+        ("session/a", 6, b"not an update", InvalidValue),
+    ],
+    ids=["doc-id", "negative", "bool", "str", "empty", "garbage"],
+)
+def test_repair_refuses_bad_input_and_changes_nothing(
+    tmp_path: Path, doc_id: str, upto: object, state: bytes | None, error: type
+) -> None:
+    w = Writer()
+    with Store.open(tmp_path) as store:
+        fill(store, "session/a", 6, w)
+        before = store.info("session/a")
+        with pytest.raises(error):
+            store.repair(doc_id, upto, w.doc.get_update() if state is None else state)  # type: ignore[arg-type]
+        assert store.info("session/a") == before
+        assert memory_of(store.load("session/a")) == memory_of(w.doc)
