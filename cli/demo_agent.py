@@ -20,10 +20,8 @@ Run: `python -m cli.demo_agent --node a --data DIR --key-file K --interface 127.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -31,16 +29,8 @@ import trio
 
 from crdt_types.errors import CommitTimeout, NotOwner, StatemeshError
 from crdt_types.fingerprint import fingerprint_hex
-from gossip.events import (
-    MemberAlive,
-    MemberDead,
-    MemberJoined,
-    MemberLeft,
-    MemberSuspected,
-    OwnerChanged,
-    StandbyAssigned,
-    WorkloadFenced,
-)
+from gossip.events import OwnerChanged, StandbyAssigned, WorkloadFenced
+from mesh.agent_process import MEMBER_EVENT_STATES, alive_members, run, say, stdin_lines
 from mesh.failover import SessionTakenOver
 
 # The scripted conversation: (kind, payload). Step i is acknowledged as `acked` step i.
@@ -55,11 +45,6 @@ SCRIPT: tuple[tuple[str, Any], ...] = (
 # demo kills the owner in this window, with the call pending.
 TOOL_SECONDS = 30.0
 SPEED_DEFAULT = 0.15  # seconds of "thinking" between steps
-
-
-def say(event: str, **fields: Any) -> None:
-    """Print one timeline event as a JSON line (stamped with the machine's monotonic clock)."""
-    print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
 
 
 def tool_result(name: str, arguments: Any, key: str) -> dict[str, Any]:
@@ -219,19 +204,10 @@ async def main(args: argparse.Namespace) -> None:
 
 async def commands(mesh: Any, args: argparse.Namespace, nursery: trio.Nursery) -> None:
     """Obey one command per stdin line (see `command`) until stdin closes."""
-    stream = trio.lowlevel.FdStream(os.dup(0))
-    buffer = b""
-    async with stream:
-        while True:
-            data = await stream.receive_some(4096)
-            if not data:
-                return
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                words = line.decode("utf-8", "replace").split()
-                if words:
-                    nursery.start_soon(command, mesh, args, words)
+    async for line in stdin_lines():
+        words = line.split()
+        if words:
+            nursery.start_soon(command, mesh, args, words)
 
 
 async def command(mesh: Any, args: argparse.Namespace, words: list[str]) -> None:
@@ -262,8 +238,7 @@ async def command(mesh: Any, args: argparse.Namespace, words: list[str]) -> None
             )
         elif verb == "status" and not rest:
             st = mesh.status()
-            alive = sorted(m["node"] for m in st["members"] if m["state"] == "alive")
-            say("status", alive=alive, stable=st.get("stable"), owners=st.get("owners"))
+            say("status", alive=alive_members(st), stable=st.get("stable"), owners=st.get("owners"))
         elif verb == "summary" and len(rest) == 1:
             state = mesh.read_session(rest[0])
             say(
@@ -281,14 +256,8 @@ async def command(mesh: Any, args: argparse.Namespace, words: list[str]) -> None
 
 def report(ev: object) -> None:
     """One subscriber event as a timeline line."""
-    if isinstance(ev, MemberJoined | MemberAlive):
-        say("member", node=ev.node, state="alive")
-    elif isinstance(ev, MemberSuspected):
-        say("member", node=ev.node, state="suspect")
-    elif isinstance(ev, MemberDead):
-        say("member", node=ev.node, state="dead")
-    elif isinstance(ev, MemberLeft):
-        say("member", node=ev.node, state="left")
+    if type(ev) in MEMBER_EVENT_STATES:
+        say("member", node=ev.node, state=MEMBER_EVENT_STATES[type(ev)])
     elif isinstance(ev, OwnerChanged):
         say(
             "owner", session=ev.workload, owner=ev.owner, epoch=ev.epoch, previous=ev.previous_owner
@@ -322,10 +291,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        trio.run(main, parser().parse_args())
-    except StatemeshError as exc:
-        print(f"demo_agent: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(main, parser().parse_args(), "demo_agent")

@@ -23,26 +23,17 @@ level; SIGTERM/SIGINT leave gracefully (sessions handed over), SIGKILL is a cras
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
-import sys
-import time
 from typing import Any
 
 import trio
 
-from crdt_types.errors import CommitTimeout, NotOwner, StatemeshError, StorageError
+from crdt_types.errors import CommitTimeout, NotOwner, StorageError
 from crdt_types.fingerprint import fingerprint_hex
-from gossip.events import (
-    MemberAlive,
-    MemberDead,
-    MemberJoined,
-    MemberLeft,
-    MemberSuspected,
-    WorkloadFenced,
-)
+from gossip.events import WorkloadFenced
+from mesh.agent_process import MEMBER_EVENT_STATES, alive_members, run, say, stdin_lines
 from mesh.failover import SessionTakenOver
 
 __all__ = ["LEVELS", "main", "parser"]
@@ -50,18 +41,6 @@ __all__ = ["LEVELS", "main", "parser"]
 # The commit levels an agent draws from; 0 is local durability only.
 LEVELS: tuple[int | str, ...] = (0, 1, 2, "all")
 COMMIT_TIMEOUT = 3.0
-MEMBER_EVENTS = {
-    MemberJoined: "alive",
-    MemberAlive: "alive",
-    MemberSuspected: "suspect",
-    MemberDead: "dead",
-    MemberLeft: "left",
-}
-
-
-def say(event: str, **fields: Any) -> None:
-    """Print one event as a JSON line stamped with the machine's monotonic clock."""
-    print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
 
 
 class Writer:
@@ -125,8 +104,6 @@ def dump(mesh: Any, tokens: bool = True) -> dict[str, Any]:
 
 async def commands(mesh: Any, writer: Writer, args: argparse.Namespace, nursery: Any) -> None:
     """Obey `go`, `halt`, `dump [brief]` and `status` lines on stdin until it closes."""
-    stream = trio.lowlevel.FdStream(os.dup(0))
-    buffer = b""
     started = False
     scope = trio.CancelScope()
 
@@ -135,29 +112,21 @@ async def commands(mesh: Any, writer: Writer, args: argparse.Namespace, nursery:
             await writer.run(args.sessions, args.interval)
         say("halted", node=mesh.node_id)
 
-    async with stream:
-        while True:
-            data = await stream.receive_some(4096)
-            if not data:
-                return
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                verb = line.decode("utf-8", "replace").strip()
-                if verb == "go" and not started:
-                    started = True
-                    nursery.start_soon(write)
-                elif verb == "halt":
-                    scope.cancel()
-                    if not started:
-                        say("halted", node=mesh.node_id)
-                    started = True
-                elif verb in ("dump", "dump brief"):
-                    say("dump", node=mesh.node_id, sessions=dump(mesh, verb == "dump"))
-                elif verb == "status":
-                    st = mesh.status()
-                    alive = sorted(m["node"] for m in st["members"] if m["state"] == "alive")
-                    say("status", alive=alive, ready=st.get("ready"))
+    async for line in stdin_lines():
+        verb = line.strip()
+        if verb == "go" and not started:
+            started = True
+            nursery.start_soon(write)
+        elif verb == "halt":
+            scope.cancel()
+            if not started:
+                say("halted", node=mesh.node_id)
+            started = True
+        elif verb in ("dump", "dump brief"):
+            say("dump", node=mesh.node_id, sessions=dump(mesh, verb == "dump"))
+        elif verb == "status":
+            st = mesh.status()
+            say("status", alive=alive_members(st), ready=st.get("started"))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -198,8 +167,9 @@ async def main(args: argparse.Namespace) -> None:
                                     epoch=ev.epoch,
                                     covered=ev.covered,
                                 )
-                            elif isinstance(ev, tuple(MEMBER_EVENTS)):
-                                say("member", node=ev.node, state=MEMBER_EVENTS[type(ev)])
+                            elif type(ev) in MEMBER_EVENT_STATES:
+                                state = MEMBER_EVENT_STATES[type(ev)]
+                                say("member", node=ev.node, state=state)
                             elif isinstance(ev, WorkloadFenced):
                                 say("fenced", session=ev.workload, owner=ev.owner, epoch=ev.epoch)
 
@@ -229,10 +199,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        trio.run(main, parser().parse_args())
-    except StatemeshError as exc:
-        print(f"chaos agent: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run(main, parser().parse_args(), "chaos agent")
