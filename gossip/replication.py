@@ -43,7 +43,10 @@ durable vectors seen during anti-entropy, are tracked per peer and raised as
 
 Invariants: no I/O, no clock, no global randomness (`now` and a seeded `random.Random`
 are passed in); every buffer and table is bounded; input from peers that does not make
-sense is counted in `stats` and dropped without changing any state.
+sense is counted in `stats` and dropped without changing any state. One frame asks for
+each piece of work at most once: a `Digest` is answered, and a bucket or document of a
+`DocVectors` request served, once per sender per instant (a node receives one envelope
+at one `now`), so 4,096 copies of a request in one frame cost what one does.
 """
 
 from __future__ import annotations
@@ -298,6 +301,8 @@ class Replicator:
         self._outbox_bytes = 0
         self._budget_now: float | None = None
         self._budget_used: dict[str, int] = {}
+        self._asked_at: tuple[float, str] | None = None  # (now, sender) of `_asked`
+        self._asked: set[object] = set()  # requests of that sender answered at that instant
         self.rebuild()
 
     # -- public API -------------------------------------------------------------------
@@ -412,7 +417,8 @@ class Replicator:
             if isinstance(msg, DocUpdate):
                 self._on_update(now, sender, msg, sends, events)
             elif isinstance(msg, Digest):
-                self._on_digest(sender, msg, sends)
+                if self._first_ask(now, sender, (Digest,)):
+                    self._on_digest(sender, msg, sends)
             elif isinstance(msg, DigestBuckets):
                 self._on_buckets(sender, msg, sends)
             elif isinstance(msg, DocVectors):
@@ -701,6 +707,18 @@ class Replicator:
             return False
         return True
 
+    def _first_ask(self, now: float, sender: str, keys: Iterable[object]) -> list[object]:
+        """The `keys` that `sender` has not asked for yet at this instant (now marked asked)."""
+        if self._asked_at != (now, sender):
+            self._asked_at = (now, sender)
+            self._asked = set()
+        keys = list(keys)
+        fresh = [k for k in keys if k not in self._asked]
+        self._asked.update(fresh)
+        if keys and not fresh:
+            self.stats.duplicates += 1
+        return fresh
+
     def _on_digest(self, sender: str, msg: Digest, sends: list[Send]) -> None:
         if msg.root == self.root and msg.documents == len(self._tree):
             self.stats.digests_matched += 1
@@ -774,6 +792,12 @@ class Replicator:
             considered.update(d for d in theirs if bucket_of(d, nb) in wanted_buckets)
         else:
             considered = set(theirs)
+        if msg.reply and considered:
+            # Serve each document once per request frame, however often it is asked for; a
+            # request with nothing left to serve was answered already (no second reply).
+            considered = set(self._first_ask(now, sender, considered))
+            if not considered:
+                return
         for doc_id, (sv, _, durable) in theirs.items():
             self._record_durable(sender, doc_id, durable, events)
             self._note_holder(sender, doc_id, sv)

@@ -32,6 +32,7 @@ from crdt_types.errors import BadFrame, LocalError
 from gossip import messages as m
 from gossip.codec import MAX_INT, encode_envelope, encode_message
 from gossip.config import lan
+from gossip.events import MemberJoined
 from gossip.framing import MAX_FRAME_BYTES, FrameDecoder
 from gossip.keyring import Keyring
 from gossip.membership import MAX_INCARNATION, _check_address
@@ -86,6 +87,10 @@ class Victim:
 
     def wall(self) -> float:
         return T0 + self.now
+
+    def codec_for(self, name: str) -> FrameCodec:
+        """Another authenticated peer's codec (same cluster key)."""
+        return FrameCodec(Sealer(CLUSTER, self.peer.sealer.keyring, name, len(name)))
 
     def seal(self, msgs: tuple[object, ...], *, incarnation: int = 0) -> bytes:
         """An authentic frame from `a` (values checked by the encoder)."""
@@ -556,3 +561,108 @@ def test_duplicate_members_and_ourselves_in_a_sync_are_harmless(victim: Victim) 
     )
     assert victim.feed(victim.seal((m.MembershipSync(members, True),)), "sync_dupes") == "ok"
     assert victim.node.membership.me.state == m.ALIVE
+
+
+# --- one authenticated frame, bounded work: floods and amplification (issue 8) -------------
+
+
+def _flood(n: int, prefix: str = "f") -> m.MembershipSync:
+    # Short ids and one shared address: ~25 bytes a member, so 30,000 fit one frame.
+    return m.MembershipSync(
+        tuple(m.MemberUpdate(f"{prefix}{i:x}", "127.0.0.1:9", 0, m.ALIVE, "a") for i in range(n)),
+        True,
+    )
+
+
+def test_keyed_member_flood_changes_the_table_by_at_most_the_cap(victim: Victim) -> None:
+    # Before the fix one such frame added all 30,000 made-up members (reaped 60 s later).
+    v = victim
+    ms = v.node.membership
+    cap, n = ms.config.max_new_members, 30_000
+    frame = v.seal((_flood(n),))
+    assert len(frame) <= MAX_FRAME_BYTES
+    before = len(ms.members)
+    v.events.clear()
+    assert v.feed(frame, "member_flood") == "ok"
+    assert len(ms.members) == before + cap, SEED
+    assert ms.refused["envelope_cap"] == n - cap
+    assert sum(isinstance(e, MemberJoined) for e in v.events) == cap
+    # The node keeps working: a legitimate member joins through its own push-pull...
+    c = m.MemberUpdate("c", "127.0.0.4:7004", 0, m.ALIVE, "c")
+    frame = v.codec_for("c").pack(
+        v.wall(), m.Envelope("c", c.address, 0, (m.MembershipSync((c,), True),))
+    )
+    assert v.feed(frame, "legit_join") == "ok"
+    assert ms.state_of("c") == m.ALIVE
+    # ...and answers its peers: a ping from `a` is acked.
+    v.node.membership.take()
+    out = v.node.receive(v.now, m.Envelope("a", A_ADDR, 0, (m.Ping(77, "v"),)))
+    assert any(isinstance(x, m.Ack) and x.seq == 77 for _, e in out.sends for x in e.messages)
+    v.tick(1.0)  # timers run over the enlarged table; everything sent still encodes
+
+
+def test_repeated_floods_stop_at_the_table_cap(victim: Victim) -> None:
+    v = victim
+    ms = v.node.membership
+    cfg = ms.config
+    frames = -(-cfg.max_members // cfg.max_new_members) + 1
+    for k in range(frames):
+        assert v.feed(v.seal((_flood(cfg.max_new_members, f"f{k}-"),)), "member_flood") == "ok"
+        assert len(ms.members) <= cfg.max_members
+    assert len(ms.members) == cfg.max_members
+    assert ms.refused["table_full"] > 0
+    # Real peers were never evicted to make room.
+    assert ms.state_of("a") == m.ALIVE and ms.state_of("b") == m.ALIVE
+    # Our full-table reply still fits one frame (short ids): everything sent encodes.
+    assert v.feed(v.seal((m.MembershipSync((), True),)), "sync_after_flood") == "ok"
+
+
+@pytest.mark.parametrize("copies", [2, 4096])
+def test_one_frame_of_sync_requests_gets_one_table(victim: Victim, copies: int) -> None:
+    v = victim
+    v.node.membership.take()
+    sync = m.MembershipSync((m.MemberUpdate("a", A_ADDR, 0, m.ALIVE, "a"),), True)
+    frame = v.seal((sync,) * copies)
+    env = v.codec.unpack(v.wall(), frame)
+    out = v.node.receive(v.now, env)
+    v.check(out)
+    tables = [x for _, e in out.sends for x in e.messages if isinstance(x, m.MembershipSync)]
+    assert len(tables) == 1
+    assert v.node.membership.refused["sync_replies"] == copies - 1
+
+
+def test_one_frame_of_pingreqs_makes_at_most_max_forwards_probes(victim: Victim) -> None:
+    v = victim
+    cap = v.node.membership.config.max_forwards
+    reqs = tuple(m.PingReq(i, "b", B_ADDR) for i in range(4096))
+    env = v.codec.unpack(v.wall(), v.seal(reqs))
+    v.node.membership.take()
+    out = v.node.receive(v.now, env)
+    v.check(out)
+    pings = [x for _, e in out.sends for x in e.messages if isinstance(x, m.Ping)]
+    assert len(pings) == cap
+    assert v.node.membership.refused["forwards"] == 4096 - cap
+
+
+def test_one_frame_of_digests_is_answered_once(victim: Victim) -> None:
+    v = victim
+    digest = m.Digest(1, b"\x00" * 16, 5)  # differs from ours: asks for our bucket hashes
+    env = v.codec.unpack(v.wall(), v.seal((digest,) * 4096))
+    out = v.node.receive(v.now, env)
+    v.check(out)
+    answers = [x for _, e in out.sends for x in e.messages if isinstance(x, m.DigestBuckets)]
+    r = v.node.replicator
+    assert len(answers) == 1 and r.outbox_bytes == 0 and r.stats.duplicates == 4095
+
+
+def test_one_frame_of_full_state_requests_is_served_once(victim: Victim) -> None:
+    v = victim
+    r = v.node.replicator
+    every = tuple(range(r.config.buckets))
+    ask = m.DocVectors(1, every, (), True)  # "send me every document you hold"
+    env = v.codec.unpack(v.wall(), v.seal((ask,) * 512))
+    out = v.node.receive(v.now, env)
+    v.check(out)
+    diffs = [x for _, e in out.sends for x in e.messages if isinstance(x, m.DocDiff)]
+    assert len(diffs) == len(v.replica.doc_ids()) == r.stats.diffs_sent
+    assert r.outbox_bytes == 0 and r.stats.duplicates == 511

@@ -422,6 +422,13 @@ def test_bad_construction_and_misuse():
         {"suspicion_max_mult": 0.5},
         {"indirect_checks": 0},
         {"reap_after": -1},
+        {"max_members": 0},
+        {"max_new_members": 0},
+        {"max_new_members": 5000},  # more than max_members
+        {"max_members": 10.5},
+        {"max_forwards": True},
+        {"max_meta_bytes": -1},
+        {"max_meta_bytes": "512"},
     ],
 )
 def test_bad_config_is_rejected(change):
@@ -469,3 +476,117 @@ def test_reconnect_pings_a_dead_member_and_syncs_only_if_it_answers():
     [(dest, sync)] = [(d, x) for d, x in out if isinstance(x, MembershipSync)]
     assert dest == addr("b") and sync.reply
     assert any(u.node == "b" and u.state == DEAD for u in sync.members)  # so it refutes
+
+
+# --- bounds against an authenticated flood (issue 8) ------------------------------------------
+
+
+def fake(i: int, state: str = ALIVE) -> MemberUpdate:
+    return MemberUpdate(f"fake{i}", "127.0.0.1:9", 0, state, "vandal")
+
+
+def small(**kw) -> GossipConfig:
+    return lan().with_(max_members=30, max_new_members=8, **kw)
+
+
+def test_one_envelope_introduces_at_most_max_new_members():
+    m = make("a", "bc", small())
+    m.begin_envelope()
+    m.handle(1.0, addr("b"), MembershipSync(tuple(fake(i) for i in range(100)), False))
+    joined = events_of(m, MemberJoined)
+    assert len(joined) == 8 and len(m.members) == 3 + 8
+    assert m.refused["envelope_cap"] == 92
+    # Piggybacked rumours in the same envelope share its budget...
+    m.begin_envelope()
+    for i in range(100, 120):
+        m.handle(1.0, addr("b"), fake(i))
+    assert len(m.members) == 3 + 16 and m.refused["envelope_cap"] == 92 + 12
+    # ...and news about members we know is never capped.
+    m.begin_envelope()
+    m.handle(1.1, addr("b"), MemberUpdate("fake0", "127.0.0.1:9", 1, ALIVE, "fake0", b"m"))
+    assert m.members["fake0"].incarnation == 1
+
+
+def test_take_starts_a_new_budget_for_direct_users():
+    m = make("a", "bc", small())
+    for i in range(8):
+        m.handle(1.0, addr("b"), fake(i))
+    m.handle(1.0, addr("b"), fake(8))
+    assert m.refused["envelope_cap"] == 1
+    m.take()
+    m.handle(1.0, addr("b"), fake(8))
+    assert m.state_of("fake8") == ALIVE
+
+
+def test_full_table_reaps_the_longest_down_member_early_and_never_evicts_live_ones():
+    m = make("a", "bc", small())
+    t = 1.0
+    while len(m.members) < 30:
+        m.begin_envelope()
+        m.handle(t, addr("b"), MembershipSync(tuple(fake(i) for i in range(100)), False))
+        t += 0.1
+    m.take()
+    assert len(m.members) == 30
+    # Every record is up: a newcomer is dropped, counted, and nothing else changes.
+    before = {n: (x.state, x.incarnation) for n, x in m.members.items()}
+    full = m.refused["table_full"]
+    assert full > 0  # the last flood frame already hit the table's cap
+    m.begin_envelope()
+    m.handle(t, addr("b"), MemberUpdate("late", addr("late"), 0, ALIVE, "late"))
+    assert m.state_of("late") is None and m.refused["table_full"] == full + 1
+    assert {n: (x.state, x.incarnation) for n, x in m.members.items()} == before
+    # Two fakes leave: the one that left first makes room for the newcomer.
+    m.handle(t + 1, addr("b"), MemberUpdate("fake3", "127.0.0.1:9", 0, LEFT, "fake3"))
+    m.handle(t + 2, addr("b"), MemberUpdate("fake5", "127.0.0.1:9", 0, LEFT, "fake5"))
+    m.take()
+    m.begin_envelope()
+    m.handle(t + 3, addr("late"), MembershipSync((upd("late", ALIVE),), False))
+    assert m.state_of("late") == ALIVE and m.state_of("fake3") is None
+    assert m.state_of("fake5") == LEFT and len(m.members) == 30
+    reaped = events_of(m, MemberReaped)
+    assert [(e.node, e.state) for e in reaped] == [("fake3", LEFT)]
+    # Real members stayed whatever the flood did.
+    assert m.state_of("b") == ALIVE and m.state_of("c") == ALIVE
+
+
+def test_oversized_metadata_is_refused():
+    m = make("a", "bc", lan().with_(max_meta_bytes=16))
+    before = len(m.members)
+    with pytest.raises(LocalError):
+        m.apply(1.0, MemberUpdate("q", addr("q"), 0, ALIVE, "q", b"x" * 17))
+    with pytest.raises(LocalError):
+        m.apply(1.0, MemberUpdate("b", addr("b"), 5, ALIVE, "b", b"x" * 17))
+    assert len(m.members) == before and m.members["b"].incarnation == 0
+    m.apply(1.0, MemberUpdate("q", addr("q"), 0, ALIVE, "q", b"x" * 16))
+    assert m.state_of("q") == ALIVE
+    with pytest.raises(LocalError):
+        m.set_meta(1.0, b"y" * 17)
+    with pytest.raises(LocalError):
+        Membership("z", addr("z"), lan().with_(max_meta_bytes=1), random.Random(1), meta=b"zz")
+    assert m.incarnation == 0
+
+
+def test_indirect_probes_for_others_are_capped():
+    m = make("a", "bc", lan().with_(max_forwards=4))
+    for seq in range(10):
+        m.handle(1.0, addr("b"), PingReq(seq, "c", addr("c")))
+    out, _ = m.take()
+    assert len([x for _, x in out if isinstance(x, Ping)]) == 4
+    assert m.refused["forwards"] == 6
+    # Once they expire (one probe interval), new requests are served again.
+    run(m, 1.0, 1.0 + lan().probe_interval + 0.01)
+    m.handle(2.0, addr("b"), PingReq(99, "c", addr("c")))
+    out, _ = m.take()
+    assert [x for _, x in out if isinstance(x, Ping)]
+
+
+def test_many_syncs_asking_for_a_reply_get_one_table():
+    m = make("a")
+    for _ in range(50):
+        m.handle(1.0, addr("b"), MembershipSync((upd("b", ALIVE),), True))
+    out, _ = m.take()
+    assert len([x for _, x in out if isinstance(x, MembershipSync)]) == 1
+    assert m.refused["sync_replies"] == 49
+    m.handle(2.0, addr("b"), MembershipSync((upd("b", ALIVE),), True))
+    out, _ = m.take()
+    assert len([x for _, x in out if isinstance(x, MembershipSync)]) == 1  # next batch: again
