@@ -53,9 +53,11 @@ Peers declare the owner dead at slightly different times, so slots differ by tha
 `stagger` should exceed that spread plus the time a claim takes to spread.
 
 **Split brain** is decided by `gossip.quorum`: act on a failure only while seeing a
-majority of the last stable membership, where seeing a member means it has been alive
-since before the failure *and* we heard from it after the failure was declared (ties to
-the half with the lowest id; or the availability policy). An owner we heard from after
+majority of the last stable membership (ties to the half with the lowest id; or the
+availability policy), where seeing a member means it has been alive since before the
+failure *and* it answered a request we sent after the failure was declared: a round trip.
+Hearing from it is not enough, since a node whose outbound traffic is cut hears everyone
+while nobody hears it (`statemesh chaos`, issue 8). An owner we heard from after
 declaring it dead is not taken over for `catchup_timeout` (a healed partition: it is
 about to refute). Both rules came from the simulator: without them a minority counted a
 member it had not probed yet, and after a heal a side counted members that had just come
@@ -158,7 +160,9 @@ class MemberView:
 
     `state` since `since`; `ready`: its replica is caught up and its stores loaded (as it
     announced); `heard`: when this node last received an authenticated frame from it
-    (None: never). The split-brain rule counts only members heard from after a failure.
+    (None: never); `answered`: when this node sent the latest request that the member
+    answered (`gossip.quorum.RoundTrips`; None: never). The split-brain rule counts only
+    members that answered after a failure; `heard` serves the `owner_heard` hold.
     """
 
     node: str
@@ -166,6 +170,7 @@ class MemberView:
     since: float
     ready: bool = True
     heard: float | None = None
+    answered: float | None = None
 
     def __post_init__(self) -> None:
         _check_id(self.node, "member id")
@@ -177,12 +182,12 @@ class MemberView:
             raise InvalidValue(f"member {self.node!r}: since is NaN")
         if not isinstance(self.ready, bool):
             raise InvalidValue(f"member {self.node!r}: ready must be a bool")
-        if self.heard is not None and (
-            isinstance(self.heard, bool)
-            or not isinstance(self.heard, int | float)
-            or math.isnan(self.heard)
-        ):
-            raise InvalidValue(f"member {self.node!r}: heard must be a number or None")
+        for what in ("heard", "answered"):
+            t = getattr(self, what)
+            if t is not None and (
+                isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t)
+            ):
+                raise InvalidValue(f"member {self.node!r}: {what} must be a number or None")
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,11 +344,20 @@ def member_views(
     members: Iterable[MemberRecord],
     ready: Callable[[str], bool],
     heard: Mapping[str, float] | None = None,
+    answered: Mapping[str, float] | None = None,
 ) -> dict[str, MemberView]:
-    """MemberViews from membership records, a readiness test and last-heard times per node."""
+    """MemberViews from membership records, a readiness test, last-heard and answered times."""
     heard = heard or {}
+    answered = answered or {}
     return {
-        m.node: MemberView(m.node, m.state, m.since, bool(ready(m.node)), heard.get(m.node))
+        m.node: MemberView(
+            m.node,
+            m.state,
+            m.since,
+            bool(ready(m.node)),
+            heard.get(m.node),
+            answered.get(m.node),
+        )
         for m in members
     }
 
@@ -393,7 +407,7 @@ def quorum_ok(view: FailoverView, since: float, owner: str | None = None) -> boo
     """True if this node's side may act on `owner`'s failure declared at `since`.
 
     Counted: this node and the members of the stable set alive since before the failure
-    and heard from after it (see `gossip.quorum.visible`). If the stable set no longer
+    that answered a request sent after it (see `gossip.quorum.visible`). If the stable set no longer
     holds the owner, this side already agreed, under quorum, that it is gone; the
     evidence then has to postdate that adoption instead.
     """
@@ -404,9 +418,9 @@ def quorum_ok(view: FailoverView, since: float, owner: str | None = None) -> boo
     if owner is not None and owner not in view.stable:
         since = max(since, view.stable_since)
     states = {n: m.state for n, m in view.members.items()}
-    heard = {n: m.heard for n, m in view.members.items() if m.heard is not None}
+    answered = {n: m.answered for n, m in view.members.items() if m.answered is not None}
     up_since = {n: m.since for n, m in view.members.items()}
-    return has_quorum(view.stable, visible(view.me, states, heard, since, up_since))
+    return has_quorum(view.stable, visible(view.me, states, answered, since, up_since))
 
 
 def _eligible(view: FailoverView, owner: str) -> list[str]:
@@ -650,13 +664,16 @@ class Decision:
     one whose epoch moved meanwhile: the table refuses it). `plans`: every current plan,
     for status pages. `events`: `OwnerChanged`, `WorkloadFenced`, `TakeoverPlanned`,
     `StandbyAssigned`, each raised once per change. `deadline`: call `step` again by then
-    (inf: only when members, claims or durable vectors change).
+    (inf: only when members, claims or durable vectors change). `ask`: quorum evidence is
+    wanted (a plan waits for quorum, or a new stable set must be vouched for): send live
+    members a request they answer, register it in `RoundTrips`, about every `RECHECK`.
     """
 
     claims: list[Takeover]
     plans: list[Takeover]
     events: list[object]
     deadline: float
+    ask: bool = False
 
 
 class FailoverState:
@@ -717,9 +734,9 @@ class FailoverState:
         # first cannot let a failure grant the quorum to act on itself.
         saved = copy.copy(self.membership)
         states = {n: m.state for n, m in view.members.items()}
-        heard = {n: m.heard for n, m in view.members.items() if m.heard is not None}
+        answered = {n: m.answered for n, m in view.members.items() if m.answered is not None}
         up_since = {n: m.since for n, m in view.members.items()}
-        self.membership.observe(now, states, heard, up_since)
+        self.membership.observe(now, states, answered, up_since)
         view = FailoverView(
             self.me,
             view.members,
@@ -757,7 +774,13 @@ class FailoverState:
             # Quorum can complete by hearing from members, which changes no state.
             deadline = min(deadline, now + RECHECK)
         due = [t for t in plans if t.claim_due(now)]
-        return Decision(due, plans, events, deadline)
+        # Evidence is answers to requests sent after the change it vouches for; nothing
+        # else prompts the peers to answer, so ask while some decision waits for it.
+        ask = self.policy.split_brain == MAJORITY and (
+            any(t.reason == "no_quorum" for t in plans)
+            or self.membership.next_deadline() < math.inf
+        )
+        return Decision(due, plans, events, deadline, ask)
 
     def _hold_late_quorum(
         self, now: float, view: FailoverView, plans: list[Takeover]

@@ -11,19 +11,23 @@ alone a dead peer and a cut cable look the same, and only one of the two may act
 resolve the double claims to one owner when the partition heals, and the loser is
 fenced, but until then two agents may run the same session.
 
-*Seeing* a member means: it is `alive` in our membership view **and we heard from it (any
-authenticated frame) at or after the failure we are about to act on**. State alone is
-not enough: SWIM probes one member per period, so when the first members across a
-partition are declared dead, others there can still be listed alive, not yet probed (the
-simulator showed a 2-node minority of 5 counting a stale third member and taking over).
-Fresh evidence closes that: nothing from across the partition arrives after it began,
-while on the side that holds the majority the dead rumour itself makes every member
-gossip within a round, so a real failure costs little extra time. Suspects never count.
+*Seeing* a member means: it is `alive` in our membership view **and it answered a request
+this node sent at or after the failure we are about to act on** (a round trip, see
+`RoundTrips`). State alone is not enough: SWIM probes one member per period, so when the
+first members across a partition are declared dead, others there can still be listed
+alive, not yet probed (the simulator showed a 2-node minority of 5 counting a stale third
+member and taking over). Hearing from a member is not enough either: a node whose
+*outbound* traffic is cut still hears everyone, declares the members it probes dead one
+after the other and, counting the rest as heard, took a live owner's session over
+(`statemesh chaos`, a one-way nftables cut; nobody could hear it, so nobody told the
+owner to refute). An answer to our own request proves the path works both ways. On the
+side that holds the majority the runtime asks live members as soon as it declares a
+death, so a real failure costs one round trip. Suspects never count.
 
 The stable membership. `StableMembership` follows the set of members that are up (alive
 or suspect, this node included) and adopts it as the stable set once it has held,
 unchanged, for `settle` seconds, and only if this side has a quorum of the stable set it
-replaces (evidence heard since the change). That second condition is what makes the rule
+replaces (answers to requests sent since the change). That second condition is what makes the rule
 hold over time: the minority side of a partition sees the majority go dead, but it never
 reaches quorum, so it never shrinks its stable set to itself and never gains the right
 to take over; the majority side does, so a 3-node mesh that lost one node can lose
@@ -49,13 +53,14 @@ import math
 from collections.abc import Iterable, Mapping
 
 from crdt_types.errors import InvalidValue
-from gossip.messages import ALIVE, LEFT, MEMBER_STATES, SUSPECT
+from gossip.messages import ALIVE, LEFT, MEMBER_STATES, SUSPECT, DocVectors
 
 __all__ = [
     "AVAILABILITY",
     "MAJORITY",
     "POLICIES",
     "RECHECK",
+    "RoundTrips",
     "StableMembership",
     "has_quorum",
     "visible",
@@ -124,15 +129,17 @@ class StableMembership:
         self,
         now: float,
         states: Mapping[str, str],
-        heard: Mapping[str, float],
+        answered: Mapping[str, float],
         up_since: Mapping[str, float] | None = None,
     ) -> bool:
-        """Feed member states, last-heard times (and when each entered its state) at `now`.
+        """Feed member states, when each last answered us (and entered its state) at `now`.
+
+        `answered[n]` is when we sent the latest request that `n` answered (`RoundTrips`).
 
         Returns True if the stable set changed.
         """
         _check_states(states)
-        _check_heard(heard)
+        _check_answered(answered)
         changed = False
         left = {n for n, s in states.items() if s == LEFT and n != self.me}
         if self._stable is not None and self._stable & left:
@@ -149,8 +156,8 @@ class StableMembership:
         elif self._missing_since is None:
             self._missing_since = now
         settled = now - self._since >= self.settle and up != self._stable
-        # Evidence must postdate the change: a member still listed alive but not heard
-        # from since may be on the far side of the partition that caused it. And a
+        # Evidence must postdate the change: a member still listed alive that has not
+        # answered since may be on the far side of the partition that caused it. And a
         # member that came back (to us) after the removed ones went down was not on our
         # side when they did: it cannot vouch for dropping them. Without that, the
         # minority of a healed 2|3 partition, seeing the majority return before the
@@ -159,7 +166,9 @@ class StableMembership:
         vouch = None
         if removed and up_since is not None:
             vouch = {n for n, t in up_since.items() if t <= self._missing_since}
-        if settled and (self._stable is None or self.has_quorum(states, heard, self._since, vouch)):
+        if settled and (
+            self._stable is None or self.has_quorum(states, answered, self._since, vouch)
+        ):
             self._stable = up
             self._adopted = now
             changed = True
@@ -168,17 +177,17 @@ class StableMembership:
     def has_quorum(
         self,
         states: Mapping[str, str],
-        heard: Mapping[str, float],
+        answered: Mapping[str, float],
         since: float,
         among: Iterable[str] | None = None,
     ) -> bool:
-        """True if we and the members alive and heard from at or after `since` hold a quorum.
+        """True if we and the members alive that answered requests sent at or after `since` hold a quorum.
 
         With `among`, only those members (and us) count.
         """
         if self._stable is None:
             return False
-        seen = visible(self.me, states, heard, since)
+        seen = visible(self.me, states, answered, since)
         if among is not None:
             seen &= set(among) | {self.me}
         return has_quorum(self._stable, seen)
@@ -202,11 +211,11 @@ RECHECK = 0.25  # seconds between quorum re-checks while evidence is missing
 def visible(
     me: str,
     states: Mapping[str, str],
-    heard: Mapping[str, float],
+    answered: Mapping[str, float],
     since: float,
     up_since: Mapping[str, float] | None = None,
 ) -> set[str]:
-    """Us, plus the members alive in `states` that we heard from at or after `since`.
+    """Us, plus the members alive in `states` that answered a request sent at or after `since`.
 
     With `up_since` (when each entered its current state), a member also must have been
     alive since `since` or before: one that was down to us after the failure (healed
@@ -214,7 +223,7 @@ def visible(
     """
     out = {me}
     for node, state in states.items():
-        if state != ALIVE or heard.get(node, -math.inf) < since:
+        if state != ALIVE or answered.get(node, -math.inf) < since:
             continue
         if up_since is not None and up_since.get(node, math.inf) > since:
             continue
@@ -222,9 +231,58 @@ def visible(
     return out
 
 
-def _check_heard(heard: Mapping[str, float]) -> None:
-    if not isinstance(heard, Mapping):
-        raise InvalidValue(f"heard must map node id -> time, not {type(heard).__name__}")
-    for node, t in heard.items():
+def _check_answered(answered: Mapping[str, float]) -> None:
+    if not isinstance(answered, Mapping):
+        raise InvalidValue(f"answered must map node id -> time, not {type(answered).__name__}")
+    for node, t in answered.items():
         if isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t):
-            raise InvalidValue(f"heard time of {node!r} must be a number, not {t!r}")
+            raise InvalidValue(f"answered time of {node!r} must be a number, not {t!r}")
+
+
+class RoundTrips:
+    """Requests this node sent and the members that answered them: the quorum's evidence.
+
+    The runtime registers each request it sends that the peer must answer (today the
+    targeted exchange `Replicator.pull`, whose `DocVectors` reply carries the session id)
+    and shows it every authenticated envelope. An answer records, for its sender, the
+    time the request was *sent*: the path worked both ways at some moment after that.
+    Only the named peer's answer counts, so a member cannot vouch by echoing another's
+    session. At most `limit` requests are outstanding (the oldest are forgotten): a
+    partition leaves every request unanswered, and memory must stay bounded.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidValue(f"limit must be an int >= 1, not {limit!r}")
+        self.limit = limit
+        self.answered: dict[str, float] = {}
+        self._pending: dict[int, tuple[str, float]] = {}  # session -> (peer, sent at)
+
+    def sent(self, now: float, peer: str, session: int) -> None:
+        """Register a request with exchange id `session` sent to `peer` at `now`."""
+        if not isinstance(peer, str) or not peer:
+            raise InvalidValue(f"peer must be a non-empty str, not {peer!r}")
+        if isinstance(now, bool) or not isinstance(now, int | float) or math.isnan(now):
+            raise InvalidValue(f"now must be a number, not {now!r}")
+        self._pending[session] = (peer, float(now))
+        while len(self._pending) > self.limit:
+            del self._pending[next(iter(self._pending))]
+
+    def received(self, sender: str, messages: Iterable[object]) -> bool:
+        """Look for answers in an envelope from `sender`; True if one was new evidence."""
+        new = False
+        for msg in messages:
+            if type(msg) is not DocVectors or msg.reply:
+                continue
+            pending = self._pending.get(msg.session)
+            if pending is None or pending[0] != sender:
+                continue
+            del self._pending[msg.session]
+            if pending[1] > self.answered.get(sender, -math.inf):
+                self.answered[sender] = pending[1]
+                new = True
+        return new
+
+    def outstanding(self) -> int:
+        """Requests sent and not answered (nor forgotten) yet."""
+        return len(self._pending)

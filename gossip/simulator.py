@@ -12,7 +12,9 @@ checks run on every message; `wire=False` skips that for speed), then lost with
 probability `loss`, duplicated with probability `duplicate`, and delivered after a
 latency drawn from [latency_min, latency_max] (which reorders messages on its own); a
 `reorder` fraction gets an extra `reorder_delay`. A partition is a set of groups: while it
-is active, envelopes between groups are dropped at send time. A crashed node loses its
+is active, envelopes between groups are dropped at send time. A one-way cut drops only
+what one node sends (to everyone or to some), as a firewall rule on its output does: it
+still receives everything. A crashed node loses its
 in-flight messages and timers; its replica (the durable store) survives, and a restart
 builds a fresh `Node` with a higher incarnation that re-joins through live seeds.
 
@@ -30,6 +32,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
 import msgpack
@@ -74,6 +77,16 @@ class Partition:
     groups: tuple[frozenset[str], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class OneWayCut:
+    """What `src` sends to `dsts` (to anyone if empty) is lost from `start` until `heal`."""
+
+    start: float
+    heal: float
+    src: str
+    dsts: frozenset[str] = frozenset()
+
+
 class Simulator:
     """Seeded discrete-event simulation of gossip nodes."""
 
@@ -105,6 +118,7 @@ class Simulator:
         self._incarnations: dict[str, int] = {}
         self._partitions: list[Partition] = []
         self._group_of: list[dict[str, int]] = []
+        self._cuts: list[OneWayCut] = []
         self._trace = blake3.blake3()
         self._client_ids = random.Random(f"clients:{seed}")
         self.bytes_sent = 0
@@ -114,6 +128,9 @@ class Simulator:
         self.event_log: list[tuple[float, str, object]] = []  # (time, observer, event)
         self.on_event: Callable[[float, str, object], None] | None = None
         self.on_deliver: Callable[[float, str, str, int], None] | None = None
+        # (now, receiver, envelope) before the receiver processes it: what the runtime's
+        # transport sees (e.g. answers to requests a test harness sent).
+        self.on_receive: Callable[[float, str, Envelope], None] | None = None
 
     # --- building ----------------------------------------------------------------------
 
@@ -166,6 +183,14 @@ class Simulator:
         self._partitions.append(part)
         self._group_of.append({n: i for i, g in enumerate(part.groups) for n in g})
 
+    def cut_outbound(self, start: float, heal: float, node_id: str, to: Iterable[str] = ()) -> None:
+        """Drop what `node_id` sends (to the ids in `to`, or to anyone) from `start` until `heal`."""
+        if heal <= start:
+            raise LocalError("a cut must heal after it starts")
+        if node_id not in self.nodes:
+            raise LocalError(f"unknown node {node_id!r}")
+        self._cuts.append(OneWayCut(start, heal, node_id, frozenset(to)))
+
     def kill(self, node_id: str) -> None:
         """Crash a node now (SIGKILL): timers and in-flight messages to it are lost."""
         self._live(node_id)
@@ -214,6 +239,13 @@ class Simulator:
         update = doc.get_update(before)
         replica.changed(doc_id)
         self._handle(node_id, node.local_update(self.now, doc_id, update))
+
+    def send(self, node_id: str, peer: str, messages: Sequence[object]) -> None:
+        """Send `messages` from `node_id` to `peer` in one envelope now (harness requests)."""
+        node = self._live(node_id)
+        me = node.membership.me
+        env = Envelope(node_id, me.address, me.incarnation, tuple(messages))
+        self._handle(node_id, Output([(self.addresses[peer], env)], []))
 
     # --- running -----------------------------------------------------------------------
 
@@ -266,6 +298,9 @@ class Simulator:
         for part, group_of in zip(self._partitions, self._group_of, strict=True):
             if part.start <= now < part.heal and group_of.get(src, -1) != group_of.get(dst, -1):
                 return False
+        for cut in self._cuts:
+            if cut.src == src and cut.start <= now < cut.heal and (not cut.dsts or dst in cut.dsts):
+                return False
         return True
 
     def _send(self, src: str, address: str, env: Envelope) -> None:
@@ -300,6 +335,8 @@ class Simulator:
         self._trace.update(f"{self.now:.9f} {src} {dst} {size};".encode())
         if self.on_deliver is not None:
             self.on_deliver(self.now, src, dst, size)
+        if self.on_receive is not None:
+            self.on_receive(self.now, dst, env)
         self._handle(dst, node.receive(self.now, env))
 
     def _record(self, what: str, node_id: str) -> None:
@@ -386,26 +423,9 @@ class _SimReplica:
 # --- the `statemesh sim` scenario --------------------------------------------------------
 
 
-def run_scenario(
-    nodes: int,
-    seed: int = 1,
-    *,
-    loss: float = 0.0,
-    duplicate: float = 0.0,
-    reorder: float = 0.0,
-    partition_at: float | None = None,
-    partition_rounds: int = 30,
-    kill: int = 0,
-    writes: int | None = None,
-    docs: int = 8,
-    write_rounds: int = 10,
-    bootstrap: str = "static",
-    config: GossipConfig | None = None,
-    wire: bool = True,
-    max_rounds: int = 400,
-) -> dict:
-    """Run one scenario and return the `statemesh sim --json` dict."""
-    return run_scenario_sim(**{k: v for k, v in locals().items()})[0]
+def run_scenario(nodes: int, seed: int = 1, **options: Any) -> dict:
+    """Run one scenario and return the `statemesh sim --json` dict (options: `run_scenario_sim`)."""
+    return run_scenario_sim(nodes, seed, **options)[0]
 
 
 def run_scenario_sim(
@@ -426,7 +446,7 @@ def run_scenario_sim(
     wire: bool = True,
     max_rounds: int = 400,
 ) -> tuple[dict, Simulator]:
-    """`run_scenario`, also returning the simulator for inspection (tests)."""
+    """Run one scenario; returns its `statemesh sim --json` dict and the simulator (tests)."""
     if nodes < 1:
         raise LocalError("--nodes must be at least 1")
     if not 0 <= kill < nodes:

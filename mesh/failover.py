@@ -5,8 +5,12 @@
 its answers:
 
 * inputs: membership records, the time each member was last *heard* (any authenticated
-  frame), the ownership table (`ownership` document), and durable vectors (our own from
-  the store, the peers' from their acks and anti-entropy);
+  frame), the time of our latest request each member *answered* (a round trip: the
+  split-brain rule's evidence, `gossip.quorum.RoundTrips`), the ownership table
+  (`ownership` document), and durable vectors (our own from the store, the peers' from
+  their acks and anti-entropy);
+* it asks live members for that evidence (an exchange of the ownership table) when it
+  declares a member dead, and again every `ASK_INTERVAL` while a decision waits for it;
 * it steps the state machine when one of those changes (coalesced, at most every
   `_MIN_INTERVAL`) and at the decision's deadline, never in a busy loop;
 * a claim due now is written into the ownership table (it spreads like any update);
@@ -58,6 +62,7 @@ from gossip.events import (
 from gossip.failover import FailoverPolicy, FailoverState, Takeover, member_views
 from gossip.messages import DocVectors, Envelope
 from gossip.node import Output
+from gossip.quorum import RoundTrips
 from gossip.replication import DocumentUpdated, ReplicaAcked
 from gossip.successor import rank
 
@@ -90,6 +95,9 @@ _ALONE_AFTER = 3.0
 HANDOFF_TIMEOUT = 1.0
 DEFAULT_SETTLE = 2.0
 _ASK_ON_DEAD = 16
+# While a decision waits for quorum evidence, ask again this often: a partition can last
+# minutes, and each ask costs one small exchange per member asked.
+ASK_INTERVAL = 0.5
 # Plans that hearing from a member can unblock.
 _HEARD_REASONS = ("no_quorum", "owner_heard")
 
@@ -164,6 +172,8 @@ class Failover:
         self.state = FailoverState(self.me, policy, settle=settle, stable=self._load_stable())
         self._stable_saved = self.state.membership.stable
         self.heard: dict[str, float] = {}
+        self.trips = RoundTrips()
+        self._next_ask = -math.inf
         self.takeover_handlers: list[TakeoverHandler] = []
         self.prewarm_handlers: list[PrewarmHandler] = []
         self.plans: dict[str, Takeover] = {}
@@ -256,8 +266,8 @@ class Failover:
     def on_envelope(self, now: float, env: Envelope) -> None:
         """An authenticated envelope arrived (after the node processed it)."""
         self.heard[env.sender] = now
-        if self._waiting_quorum:
-            # Quorum completes by hearing from members, which changes no state: decide
+        if self.trips.received(env.sender, env.messages) and self._waiting_quorum:
+            # Quorum completes by answers from members, which change no state: decide
             # again now rather than at the next re-check.
             self.wake()
         if self._pulls:
@@ -274,12 +284,10 @@ class Failover:
             # restarted node learns it was replaced before it writes anything.
             self._nursery.start_soon(self._sync_ownership, event.node)
         elif isinstance(event, MemberDead) and self._nursery is not None:
-            # Quorum needs evidence heard after the failure: ask live members now (one
-            # round trip) instead of waiting for the next gossip round to bring it. At
-            # most _ASK_ON_DEAD of them (a spread of its own per node), so a failure in a
-            # large mesh costs O(N) messages, not O(N^2); gossip brings the rest.
-            live = [n for n in self.mesh.node.membership.live_members() if n != self.me]
-            for peer in rank(self.me, live)[:_ASK_ON_DEAD]:
+            # Quorum needs answers to requests sent after the failure: ask live members
+            # now (one round trip) instead of waiting for the next re-check.
+            self._next_ask = trio.current_time() + ASK_INTERVAL
+            for peer in self._to_ask():
                 self._nursery.start_soon(self._sync_ownership, peer)
         if isinstance(event, ReplicaAcked) and not self.plans:
             # Durable vectors matter only while a takeover is being planned.
@@ -326,7 +334,37 @@ class Failover:
             self.mesh.node.membership.members.values(),
             ready=lambda n: not (leaving and n == self.me),
             heard=self.heard,
+            answered=self.trips.answered,
         )
+
+    def _to_ask(self) -> list[str]:
+        """Live members to ask for quorum evidence: enough for a majority, stable ones first.
+
+        At least `_ASK_ON_DEAD` (a spread of its own per node); in a larger mesh a
+        majority of the stable set plus a little slack, since only answers count.
+        """
+        live = [n for n in self.mesh.node.membership.live_members() if n != self.me]
+        stable = self.state.membership.stable or frozenset()
+        want = max(_ASK_ON_DEAD, len(stable) // 2 + 2)
+        ranked = rank(self.me, live)
+        return sorted(ranked, key=lambda n: n not in stable)[:want]
+
+    def _ask(self, now: float) -> None:
+        """Send the evidence requests; their answers reach `on_envelope`, no task waits."""
+        node = self.mesh.node
+        me = node.membership.me
+        sends = []
+        for peer in self._to_ask():
+            address = node.membership.address_of(peer)
+            if address is None:
+                continue
+            session, out = node.replicator.pull(now, peer, [OWNERSHIP])
+            self.trips.sent(now, peer, session)
+            msgs = tuple(m for _, m in out)
+            if msgs:
+                sends.append((address, Envelope(self.me, me.address, me.incarnation, msgs)))
+        if sends:
+            self.mesh._emit(Output(sends, []))
 
     def _step(self) -> None:
         mesh = self.mesh
@@ -337,6 +375,10 @@ class Failover:
         self._deadline = decision.deadline
         self.plans = {t.workload: t for t in decision.plans}
         self._waiting_quorum = any(t.reason in _HEARD_REASONS for t in decision.plans)
+        if decision.ask and now >= self._next_ask and not mesh._closed:
+            self._next_ask = now + ASK_INTERVAL
+            self._deadline = min(self._deadline, self._next_ask)
+            self._ask(now)
         for t in decision.claims:
             assert table is not None
             if table.epoch_of(t.workload) < t.epoch and not mesh._leaving:
@@ -408,6 +450,7 @@ class Failover:
             if address is None:
                 continue
             session, sends = node.replicator.pull(now, peer, doc_ids)
+            self.trips.sent(now, peer, session)
             done = self._pulls[session] = trio.Event()
             waits.append(done)
             sessions.append(session)
@@ -433,6 +476,7 @@ class Failover:
                 return
             now = trio.current_time()
             session, sends = node.replicator.pull(now, peer, [OWNERSHIP])
+            self.trips.sent(now, peer, session)
             done = self._pulls[session] = trio.Event()
             me = node.membership.me
             env = Envelope(self.me, me.address, me.incarnation, tuple(m for _, m in sends))

@@ -35,8 +35,8 @@ from gossip.quorum import AVAILABILITY, MAJORITY
 from gossip.successor import rank, standby
 
 OWNER_CLIENT = 7  # the dead owner's pycrdt client id in every vector below
-# Unless a test says otherwise, every member up was heard after every failure, and no
-# dead or left member was heard after it went down.
+# Unless a test says otherwise, every member up was heard after every failure and
+# answered a request sent after it, and no dead or left member was heard after it went down.
 HEARD = 100.0
 
 
@@ -64,11 +64,20 @@ def view(
     stable=None,
     policy: FailoverPolicy | None = None,
     heard: dict[str, float | None] | None = None,
+    answered: dict[str, float | None] | None = None,
 ) -> FailoverView:
     since = since or {}
     heard = heard or {}
+    answered = answered or {}
     members = {
-        n: MemberView(n, s, since.get(n, 0.0), n not in unready, heard.get(n, _default_heard(s)))
+        n: MemberView(
+            n,
+            s,
+            since.get(n, 0.0),
+            n not in unready,
+            heard.get(n, _default_heard(s)),
+            answered.get(n, _default_heard(s)),
+        )
         for n, s in states.items()
     }
     table = dict(durable or {})
@@ -394,22 +403,22 @@ def test_suspects_do_not_count_towards_quorum():
     assert [t.reason for t in plan_takeovers(0.0, v)] == ["no_quorum"]
 
 
-def test_a_member_not_heard_since_the_failure_does_not_make_a_quorum():
+def test_a_member_that_has_not_answered_since_the_failure_does_not_make_a_quorum():
     # 3 nodes, partition {a, b} | {c}: c declared a dead at 5.0 but has not probed b yet.
     states = {"a": DEAD, "b": ALIVE, "c": ALIVE}
     claims = [Claim("w", "a", 1)]
-    stale = view("c", states, claims, since={"a": 5.0}, heard={"a": 4.0, "b": 4.1})
+    stale = view("c", states, claims, since={"a": 5.0}, answered={"a": 4.0, "b": 4.1})
     assert not quorum_ok(stale, 5.0)
     assert [t.reason for t in plan_takeovers(5.5, stale)] == ["no_quorum"]
-    # Had a really crashed, b's gossip about it would arrive: then c may act.
-    fresh = view("c", states, claims, since={"a": 5.0}, heard={"a": 4.0, "b": 5.1})
+    # Had a really crashed, b would answer c's request sent after the verdict: c may act.
+    fresh = view("c", states, claims, since={"a": 5.0}, answered={"a": 4.0, "b": 5.1})
     assert quorum_ok(fresh, 5.0)
     assert [t.reason for t in plan_takeovers(5.5, fresh)] == ["caught_up"]
-    never = view("c", states, claims, since={"a": 5.0}, heard={"a": 4.0, "b": None})
+    never = view("c", states, claims, since={"a": 5.0}, answered={"a": 4.0, "b": None})
     assert not quorum_ok(never, 5.0)
     # The availability policy does not ask for evidence.
     avail = FailoverPolicy(split_brain=AVAILABILITY)
-    stale_avail = view("c", states, claims, since={"a": 5.0}, heard={"b": 4.1}, policy=avail)
+    stale_avail = view("c", states, claims, since={"a": 5.0}, answered={"b": 4.1}, policy=avail)
     assert quorum_ok(stale_avail, 5.0)
 
 
@@ -436,19 +445,19 @@ def test_an_owner_heard_after_its_death_is_given_time_to_refute():
 
 def test_a_member_that_was_down_after_the_failure_cannot_vouch_for_it():
     # c's view after a partition {a, b} | {c} healed: a (the owner) is still listed dead
-    # (its refutation has not arrived), b is alive again since 12.0 and heard: b was
+    # (its refutation has not arrived), b is alive again since 12.0 and answered: b was
     # across the partition when a "died" at 5.0, so it does not count.
     states = {"a": DEAD, "b": ALIVE, "c": ALIVE}
     claims = [Claim("w", "a", 1)]
-    v = view("c", states, claims, since={"a": 5.0, "b": 12.0, "c": 0.0}, heard={"b": 12.1})
+    v = view("c", states, claims, since={"a": 5.0, "b": 12.0, "c": 0.0}, answered={"b": 12.1})
     assert not quorum_ok(v, 5.0, "a")
     assert [t.reason for t in plan_takeovers(12.2, v)] == ["no_quorum"]
-    # A member up since before the failure and heard after it counts.
-    v = view("c", states, claims, since={"a": 5.0, "b": 1.0, "c": 0.0}, heard={"b": 5.2})
+    # A member up since before the failure and answering after it counts.
+    v = view("c", states, claims, since={"a": 5.0, "b": 1.0, "c": 0.0}, answered={"b": 5.2})
     assert quorum_ok(v, 5.0, "a")
     # Once this side adopted a stable set without the owner (under quorum, at 7.0),
     # members up since that adoption vouch for it.
-    v = view("c", states, claims, since={"a": 5.0, "b": 6.0, "c": 0.0}, heard={"b": 7.5})
+    v = view("c", states, claims, since={"a": 5.0, "b": 6.0, "c": 0.0}, answered={"b": 7.5})
     assert not quorum_ok(v, 5.0, "a")
     adopted = FailoverView(v.me, v.members, v.claims, v.durable, frozenset("bc"), v.policy, 7.0)
     assert quorum_ok(adopted, 5.0, "a")
@@ -788,7 +797,10 @@ def _owned(table: OwnershipTable, node: str) -> dict[str, int]:
 
 
 def _members_at(states: dict[str, str], since: float = 0.0) -> dict[str, MemberView]:
-    return {n: MemberView(n, s, since, True, _default_heard(s)) for n, s in states.items()}
+    return {
+        n: MemberView(n, s, since, True, _default_heard(s), _default_heard(s))
+        for n, s in states.items()
+    }
 
 
 def test_state_machine_takes_over_once_and_raises_each_event_once():
@@ -904,8 +916,8 @@ def test_state_machine_hand_off():
 
 
 def _healed_view(heard_majority: float) -> dict[str, MemberView]:
-    """e's view: a died at 1.0; b, c, d alive since 0, last heard at `heard_majority`."""
-    views = {n: MemberView(n, ALIVE, 0.0, True, heard_majority) for n in "bcd"}
+    """e's view: a died at 1.0; b, c, d alive since 0, last heard and answering at `heard_majority`."""
+    views = {n: MemberView(n, ALIVE, 0.0, True, heard_majority, heard_majority) for n in "bcd"}
     views["a"] = MemberView("a", DEAD, 1.0, True, 0.5)
     views["e"] = MemberView("e", ALIVE, 0.0, True, None)
     return views
@@ -917,7 +929,7 @@ def test_quorum_that_arrives_long_after_the_death_waits_for_a_refutation():
     # evidence for a death it declared alone, and took over the sessions of a live owner
     # before that owner's refutation arrived.
     e = FailoverState("e", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0)
-    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0) for n in "abcde"}
+    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0, 0.0) for n in "abcde"}
     e.step(0.0, up, [Claim("w", "a", 1)])
     assert e.membership.stable == set("abcde")
     d = e.step(1.0, _healed_view(0.5), [Claim("w", "a", 1)])  # cut off: no quorum
@@ -932,7 +944,7 @@ def test_quorum_that_arrives_long_after_the_death_waits_for_a_refutation():
 
 def test_quorum_within_a_round_trip_of_the_death_acts_at_once():
     e = FailoverState("e", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0)
-    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0) for n in "abcde"}
+    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0, 0.0) for n in "abcde"}
     e.step(0.0, up, [Claim("w", "a", 1)])
     d = e.step(1.05, _healed_view(1.05), [Claim("w", "a", 1)])
     assert [t.reason for t in d.plans] not in (["late_quorum"], ["no_quorum"])
@@ -943,15 +955,90 @@ def test_a_verdict_formed_while_cut_off_waits_for_a_refutation_however_soon_the_
     # but not receive declared the others dead one by one; the last verdict came 0.3 s
     # before the heal, so its quorum was not "late", and it took a live owner's session.
     e = FailoverState("e", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0)
-    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0) for n in "abcde"}
+    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0, 0.0) for n in "abcde"}
     e.step(0.0, up, [Claim("w", "a", 1)])
-    cut = {n: MemberView(n, ALIVE, 0.0, True, 1.0) for n in "bcd"}  # last heard at 1.0
+    cut = {n: MemberView(n, ALIVE, 0.0, True, 1.0, 1.0) for n in "bcd"}  # last heard at 1.0
     cut["a"] = MemberView("a", DEAD, 3.0, True, 1.0)
     cut["e"] = MemberView("e", ALIVE, 0.0, True, None)
     d = e.step(3.0, cut, [Claim("w", "a", 1)])
     assert [t.reason for t in d.plans] == ["no_quorum"]
-    healed = {**cut, **{n: MemberView(n, ALIVE, 0.0, True, 3.3) for n in "bcd"}}
+    healed = {**cut, **{n: MemberView(n, ALIVE, 0.0, True, 3.3, 3.3) for n in "bcd"}}
     d = e.step(3.3, healed, [Claim("w", "a", 1)])
     assert [t.reason for t in d.plans] == ["late_quorum"] and d.claims == []
     d = e.step(3.3 + CATCHUP, healed, [Claim("w", "a", 1)])
     assert [t.reason for t in d.plans] != ["late_quorum"]
+
+
+def test_members_heard_but_not_answering_are_no_quorum_one_way_cut():
+    # Issue 8 (`statemesh chaos`, 5 hosts, seed 10): e's outbound traffic is cut. It
+    # still hears everyone, its probes get no answer, it declares a dead; the members it
+    # merely heard after the verdict made it a quorum, and it took a live owner's session.
+    states = {"a": DEAD, "b": ALIVE, "c": ALIVE, "d": ALIVE, "e": ALIVE}
+    claims = [Claim("w", "a", 1)]
+    heard_all = dict.fromkeys("bcd", 5.5)
+    cut = view(
+        "e", states, claims, since={"a": 5.0}, heard=heard_all, answered=dict.fromkeys("bcd")
+    )
+    assert not quorum_ok(cut, 5.0, "a")
+    assert [t.reason for t in plan_takeovers(6.0, cut)] == ["no_quorum"]
+    # Answers to requests sent before the verdict prove nothing about after it.
+    stale = view(
+        "e", states, claims, since={"a": 5.0}, heard=heard_all, answered=dict.fromkeys("bcd", 4.9)
+    )
+    assert [t.reason for t in plan_takeovers(6.0, stale)] == ["no_quorum"]
+    # One answer is not a majority of five (e and b); two are.
+    one = view(
+        "e",
+        states,
+        claims,
+        since={"a": 5.0},
+        heard=heard_all,
+        answered={"b": 5.1, "c": None, "d": None},
+    )
+    assert [t.reason for t in plan_takeovers(6.0, one)] == ["no_quorum"]
+    two = view(
+        "e",
+        states,
+        claims,
+        since={"a": 5.0},
+        heard=heard_all,
+        answered={"b": 5.1, "c": 5.2, "d": None},
+    )
+    assert quorum_ok(two, 5.0, "a")
+    assert [t.reason for t in plan_takeovers(6.0, two)] == ["caught_up"]
+
+
+def test_the_stable_set_shrinks_only_on_answers_not_on_frames_heard():
+    # e, cut off one way, sees a, b die in turn (its own probes fail) and still hears
+    # c and d: the old evidence let it adopt {c, d, e} and hold a majority of that.
+    e = FailoverState("e", settle=1.0)
+    up = {n: MemberView(n, ALIVE, 0.0, True, 0.0, 0.0) for n in "abcde"}
+    e.step(0.0, up, [])
+    e.step(1.0, up, [])
+    assert e.membership.stable == set("abcde")
+    cut = dict(up)
+    cut["a"] = MemberView("a", DEAD, 2.0, True, 1.5, 1.0)
+    cut["b"] = MemberView("b", DEAD, 2.0, True, 1.5, 1.0)
+    for n in "cd":
+        cut[n] = MemberView(n, ALIVE, 0.0, True, 9.0, 1.0)  # heard, never answered since
+    for t in (2.0, 3.0, 5.0, 9.0):
+        d = e.step(t, cut, [Claim("w", "a", 1)])
+        assert d.ask and d.claims == [] and [p.reason for p in d.plans] == ["no_quorum"], t
+    assert e.membership.stable == set("abcde")
+    # c and d answer requests sent after the change: now the majority is real.
+    for n in "cd":
+        cut[n] = MemberView(n, ALIVE, 0.0, True, 9.5, 9.5)
+    e.step(9.5, cut, [Claim("w", "a", 1)])
+    assert e.membership.stable == set("cde")
+
+
+def test_the_decision_asks_for_evidence_only_while_it_waits_for_some():
+    b = FailoverState("b", settle=0.0)
+    up = _members_at({"a": ALIVE, "b": ALIVE, "c": ALIVE})
+    assert not b.step(0.0, up, [Claim("w", "a", 1)]).ask
+    assert not b.step(1.0, up, [Claim("w", "a", 1)]).ask
+    avail = FailoverState("b", FailoverPolicy(split_brain=AVAILABILITY), settle=0.0)
+    dead = {**up, "a": MemberView("a", DEAD, 2.0), "c": MemberView("c", ALIVE, 0.0, True, 2.5)}
+    assert b.step(2.0, dead, [Claim("w", "a", 1)]).ask  # c has not answered since 2.0
+    avail.step(0.0, up, [Claim("w", "a", 1)])
+    assert not avail.step(2.0, dead, [Claim("w", "a", 1)]).ask

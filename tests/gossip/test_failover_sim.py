@@ -1,9 +1,12 @@
 """Failover decisions driven by real membership and replication in the gossip simulator.
 
 Each simulated node runs a `FailoverState` every 50 ms of virtual time, fed from its own
-`Membership` records, its replica of the ownership document and the durable vectors its
-`Replicator` heard; due claims are written into its ownership document and spread like
-any update. Everything is seeded; bounds are in virtual time only.
+`Membership` records, its replica of the ownership document, the durable vectors its
+`Replicator` heard and the answers to its own requests (as `mesh.failover` does: on a
+death, and while a decision asks for evidence, a targeted exchange of the ownership
+table with live members, matched by `RoundTrips`); due claims are written into its
+ownership document and spread like any update. Everything is seeded; bounds are in
+virtual time only.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import pytest
 
 from crdt_types.ownership import OwnershipTable
-from gossip.events import TakeoverPlanned, WorkloadFenced
+from gossip.events import MemberDead, TakeoverPlanned, WorkloadFenced
 from gossip.failover import FailoverPolicy, FailoverState, member_views
+from gossip.quorum import RoundTrips
 from gossip.simulator import Simulator
 
 OWNERSHIP = "ownership"
 PERIOD = 0.05
+ASK_INTERVAL = 0.5  # as mesh.failover.ASK_INTERVAL
 
 
 class Mesh:
@@ -34,12 +39,34 @@ class Mesh:
         self.states = {node: FailoverState(node, policy, settle=1.0) for node in self.ids}
         self.claims_made: list[tuple[float, str, str, int]] = []
         self.events: list[tuple[float, str, object]] = []
-        # What the runtime's transport knows: when each node last received from each peer.
+        # What the runtime's transport knows: when each node last received from each peer,
+        # and which of its own requests were answered.
         self.heard: dict[str, dict[str, float]] = {node: {} for node in self.ids}
-        self.sim.on_deliver = self._delivered
+        self.trips = {node: RoundTrips() for node in self.ids}
+        self.next_ask = dict.fromkeys(self.ids, -1.0)
+        self.sim.on_receive = self._received
+        self.sim.on_event = self._event
 
-    def _delivered(self, now: float, src: str, dst: str, size: int) -> None:
-        self.heard[dst][src] = now
+    def _received(self, now: float, dst: str, env) -> None:
+        self.heard[dst][env.sender] = now
+        self.trips[dst].received(env.sender, env.messages)
+
+    def _event(self, now: float, node: str, event: object) -> None:
+        if isinstance(event, MemberDead):
+            # Ask at once, as the runtime does on MemberDead (after this event is handled).
+            self.next_ask[node] = -1.0
+            self.sim.at(now, lambda node=node: self._ask(node))
+
+    def _ask(self, node: str) -> None:
+        sim = self.sim
+        live = sim.nodes[node]
+        if live is None or sim.now < self.next_ask[node]:
+            return
+        self.next_ask[node] = sim.now + ASK_INTERVAL
+        for peer in live.membership.live_members():
+            session, sends = live.replicator.pull(sim.now, peer, [OWNERSHIP])
+            self.trips[node].sent(sim.now, peer, session)
+            sim.send(node, peer, [m for _, m in sends])
 
     def start(self) -> None:
         self.sim.start(self.ids[0])
@@ -59,7 +86,12 @@ class Mesh:
         for node in sim.up_nodes():
             live = sim.nodes[node]
             records = live.membership.members.values()
-            members = member_views(records, ready=lambda _n: True, heard=self.heard[node])
+            members = member_views(
+                records,
+                ready=lambda _n: True,
+                heard=self.heard[node],
+                answered=self.trips[node].answered,
+            )
 
             def durable(who, workload, node=node, live=live):
                 if who == node:
@@ -68,6 +100,8 @@ class Mesh:
 
             decision = self.states[node].step(sim.now, members, self.tables[node].claims(), durable)
             self.events.extend((sim.now, node, ev) for ev in decision.events)
+            if decision.ask:
+                self._ask(node)
             for t in decision.claims:
                 if self.tables[node].epoch_of(t.workload) < t.epoch:
                     self.claim(node, t.workload, node, t.epoch)
@@ -137,3 +171,32 @@ def test_partition_3_2_only_the_majority_takes_over_and_the_old_owner_is_fenced(
     assert sorted(fenced) == [("n3", "session/d"), ("n3", "session/e")], seed
     assert mesh.states["n3"].is_fenced("session/d") and mesh.states["n3"].owned == {}
     assert {c[1] for c in mesh.claims_made} <= set(majority), seed
+
+
+# Seeds where the former rule (evidence = any frame heard) took all six sessions over.
+@pytest.mark.parametrize("seed", [1, 5, 6])
+def test_a_node_that_cannot_send_never_takes_over_from_a_live_owner(seed):
+    # Issue 8 (`statemesh chaos`, one-way nftables cuts): n3 hears the others but nobody
+    # hears it, and the owner n1 does not reach it either (so no frame from the owner
+    # holds it back). Its probes fail, it declares n1 dead; counting the members it merely
+    # heard as a quorum, it took the live owner's sessions and fenced it on heal.
+    mesh = Mesh(seed, 5)
+    sim = mesh.sim
+    sessions = [f"session/{i}" for i in range(6)]
+    mesh.start()
+    sim.run_until(0.5)
+    for w in sessions:
+        mesh.claim("n1", w, "n1", 1)
+    sim.run_until(3.0)
+    sim.cut_outbound(3.0, 13.0, "n3")
+    sim.cut_outbound(3.0, 13.0, "n1", to=["n3"])
+    sim.run_until(12.9)
+    assert mesh.states["n3"].membership.stable == set(mesh.ids), seed
+    dead_to_n3 = [n for n in mesh.ids if sim.nodes["n3"].membership.state_of(n) == "dead"]
+    assert "n1" in dead_to_n3, (seed, dead_to_n3)  # the verdict the old rule acted on
+    assert mesh.claims_made == [], (seed, mesh.claims_made)
+    sim.run_until(25.0)
+    assert mesh.claims_made == [], (seed, mesh.claims_made)
+    for n in mesh.ids:
+        assert mesh.owners(n) == dict.fromkeys(sessions, ("n1", 1)), (seed, n)
+    assert not any(isinstance(e, WorkloadFenced) for _, _, e in mesh.events), seed

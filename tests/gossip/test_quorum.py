@@ -7,8 +7,8 @@ import math
 import pytest
 
 from crdt_types.errors import InvalidValue
-from gossip.messages import ALIVE, DEAD, LEFT, SUSPECT
-from gossip.quorum import StableMembership, has_quorum, visible
+from gossip.messages import ALIVE, DEAD, LEFT, SUSPECT, Ack, DocVectors
+from gossip.quorum import RoundTrips, StableMembership, has_quorum, visible
 
 FIVE = ["a", "b", "c", "d", "e"]
 
@@ -220,3 +220,66 @@ def test_members_up_throughout_still_vouch_for_dropping_a_dead_member():
     sm.observe(1.0, states, dict.fromkeys("abd", 1.0), up_since)
     assert sm.observe(1.6, states, dict.fromkeys("abd", 1.5), up_since)
     assert sm.stable == frozenset("abde")
+
+
+def _answer(session: int) -> DocVectors:
+    return DocVectors(session, (), (), False)
+
+
+def test_round_trips_record_the_send_time_of_answered_requests():
+    trips = RoundTrips()
+    trips.sent(5.0, "b", 11)
+    trips.sent(5.1, "c", 12)
+    trips.sent(5.2, "b", 13)
+    assert trips.outstanding() == 3
+    # Not answers: a request of the peer's own, another message, an unknown session.
+    assert not trips.received("b", [DocVectors(11, (), (), True), Ack(11), _answer(99)])
+    assert trips.answered == {}
+    assert trips.received("b", [_answer(13)])
+    assert trips.answered == {"b": 5.2}
+    # An older request answered later does not move the evidence back.
+    assert not trips.received("b", [_answer(11)])
+    assert trips.answered == {"b": 5.2}
+    # Each answer counts once.
+    assert not trips.received("b", [_answer(13)])
+    assert trips.outstanding() == 1
+
+
+def test_round_trips_count_only_the_asked_peer():
+    # A member cannot vouch for another by echoing its session id.
+    trips = RoundTrips()
+    trips.sent(1.0, "b", 7)
+    assert not trips.received("c", [_answer(7)])
+    assert trips.answered == {}
+    assert trips.received("b", [_answer(7)])
+    assert trips.answered == {"b": 1.0}
+
+
+def test_round_trips_forget_the_oldest_requests_beyond_the_limit():
+    trips = RoundTrips(limit=2)
+    for i, peer in enumerate("bcd"):
+        trips.sent(float(i), peer, i)
+    assert trips.outstanding() == 2
+    assert not trips.received("b", [_answer(0)])  # forgotten: a partition ate it
+    assert trips.received("d", [_answer(2)])
+    assert trips.answered == {"d": 2.0}
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t: t.sent(1.0, "", 1),
+        lambda t: t.sent(1.0, 3, 1),
+        lambda t: t.sent(math.nan, "b", 1),
+        lambda t: t.sent("now", "b", 1),
+        lambda t: t.sent(True, "b", 1),
+    ],
+)
+def test_round_trips_refuse_bad_input_and_change_nothing(call):
+    trips = RoundTrips()
+    trips.sent(1.0, "b", 1)
+    with pytest.raises(InvalidValue):
+        call(trips)
+    assert trips.outstanding() == 1 and trips.answered == {}
+    with pytest.raises(InvalidValue):
+        RoundTrips(limit=0)
