@@ -558,7 +558,8 @@ class Store:
                     raise
                 # SQLite cannot read this document's rows: nothing of it can be trusted,
                 # so it starts empty and is refilled from peers like any damaged one.
-                error = CorruptRecord(doc_id, None, f"its records cannot be read: {exc}")
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                error = CorruptRecord(doc_id, None, f"its records cannot be read: {cause}")
                 plan = _Plan(doc_id, None, [], 0, error, (str(error),))
             loaded[doc_id] = self._build(plan, cid, salvage=salvage)
         return loaded, tuple(unloadable)
@@ -591,8 +592,15 @@ class Store:
             problems=plan.problems + ((str(err),) if err else ()),
         )
 
-    def _read(self, doc_id: str) -> tuple[list[tuple], list[tuple], object]:
-        """Checkpoint rows (newest first), log rows and head of a document, in one snapshot."""
+    def _read(
+        self, doc_id: str, *, all_rows: bool = False
+    ) -> tuple[list[tuple], list[tuple], object]:
+        """Checkpoint rows (newest first), log rows and head of a document, in one snapshot.
+
+        Log rows at or below the newest checkpoint that verifies are not read unless
+        `all_rows`: they are not needed, and a repair checkpoint must let a document load
+        even when SQLite can no longer read (nor delete) a damaged row below it.
+        """
         with self._locked("reading document") as conn:
             conn.execute("BEGIN")
             try:
@@ -602,11 +610,20 @@ class Store:
                     " ORDER BY upto_seq DESC",
                     (doc_id,),
                 ).fetchall()
+                floor = 0
+                for upto, data, checksum in [] if all_rows else ckpts:
+                    if (
+                        isinstance(upto, int)
+                        and isinstance(data, bytes)
+                        and checkpoint_checksum(doc_id, upto, data) == checksum
+                    ):
+                        floor = upto
+                        break
                 rows = conn.execute(
                     "SELECT first_seq, last_seq, CAST(data AS BLOB), CAST(checksum AS BLOB)"
-                    " FROM log WHERE doc_id = ?"
+                    " FROM log WHERE doc_id = ? AND NOT (last_seq <= ?)"
                     " ORDER BY first_seq",
-                    (doc_id,),
+                    (doc_id, floor),
                 ).fetchall()
                 head = conn.execute(
                     "SELECT last_seq FROM heads WHERE doc_id = ?", (doc_id,)
@@ -617,7 +634,7 @@ class Store:
 
     def _plan(self, doc_id: str, *, salvage: bool, all_checkpoints: bool = False) -> _Plan:
         """Verify a document's checkpoints and log and pick what to apply."""
-        ckpts, rows, head = self._read(doc_id)
+        ckpts, rows, head = self._read(doc_id, all_rows=all_checkpoints)
         problems: list[str] = []
         base: tuple[int, bytes] | None = None
         for upto, data, checksum in ckpts:
@@ -746,28 +763,42 @@ class Store:
             raise InvalidValue(f"upto_seq must be an int >= 0, got {upto_seq!r}")
         _check_update(state)
         state = bytes(state)
+        # Which records below the checkpoint fail verification, read before the write: a
+        # read that hits a page SQLite cannot decode poisons the transaction it is in.
+        prefix = _prefix(_LOG_KIND, doc_id)
+        bad: list[int] = []
+        with self._locked("checking records below the repair") as conn:
+            below = conn.execute(
+                "SELECT first_seq, last_seq FROM log WHERE doc_id = ? AND last_seq <= ?",
+                (doc_id, upto_seq),
+            ).fetchall()
+            for first, last in below:
+                try:
+                    data, checksum = conn.execute(
+                        "SELECT CAST(data AS BLOB), CAST(checksum AS BLOB) FROM log"
+                        " WHERE doc_id = ? AND first_seq = ?",
+                        (doc_id, first),
+                    ).fetchone()
+                except sqlite3.DatabaseError:
+                    # SQLite can neither read nor delete a row on a damaged page; loading
+                    # no longer reads it (it is below the checkpoint), so it is left.
+                    continue
+                if not (
+                    isinstance(first, int)
+                    and isinstance(last, int)
+                    and isinstance(data, bytes)
+                    and _checksum(prefix, first, last, data) == checksum
+                ):
+                    bad.append(first)
         with self._write("writing repair checkpoint") as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (doc_id, upto_seq, data, checksum)"
                 " VALUES (?, ?, ?, ?)",
                 (doc_id, upto_seq, state, checkpoint_checksum(doc_id, upto_seq, state)),
             )
-            prefix = _prefix(_LOG_KIND, doc_id)
-            bad = [
-                (first,)
-                for first, last, data, checksum in conn.execute(
-                    "SELECT first_seq, last_seq, CAST(data AS BLOB), CAST(checksum AS BLOB)"
-                    " FROM log WHERE doc_id = ? AND last_seq <= ?",
-                    (doc_id, upto_seq),
-                )
-                if not isinstance(first, int)
-                or not isinstance(last, int)
-                or not isinstance(data, bytes)
-                or _checksum(prefix, first, last, data) != checksum
-            ]
             conn.executemany(
                 "DELETE FROM log WHERE doc_id = ? AND first_seq = ?",
-                [(doc_id, first) for (first,) in bad],
+                [(doc_id, first) for first in bad],
             )
             bad_ckpts = [
                 (upto,)

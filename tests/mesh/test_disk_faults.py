@@ -268,14 +268,14 @@ async def test_a_live_peer_refills_a_damaged_document_and_readyz_returns_to_200(
     a_cfg = _kit.config(tmp_path, "a", http="127.0.0.1:0")
     acked: dict[str, int] = {}
     # b leaves first, so a keeps owning the session (a graceful leave would hand it to b).
-    async with open_mesh(a_cfg) as a:
-        async with open_mesh(_kit.config(tmp_path, "b", seeds=[a.address], seed=1)) as b:
-            s = await a.session("s")
-            for i in range(5):
-                s.state.set_memory(f"k{i}", i)
-                assert await s.commit(replicas=1, timeout=10) == ["b"]
-                acked[f"k{i}"] = i
-    async with open_mesh(_kit.config(tmp_path, "b", seed=1)) as b:
+    b_cfg = _kit.config(tmp_path, "b", seed=1)
+    async with open_mesh(a_cfg) as a, open_mesh(replace(b_cfg, seeds=[a.address])):
+        s = await a.session("s")
+        for i in range(5):
+            s.state.set_memory(f"k{i}", i)
+            assert await s.commit(replicas=1, timeout=10) == ["b"]
+            acked[f"k{i}"] = i
+    async with open_mesh(b_cfg) as b:
         victim = _records(tmp_path / "a", "session/s")[-2]
         _damage(tmp_path / "a", "session/s", victim, "bytes")
         async with open_mesh(replace(a_cfg, seeds=[b.address])) as a:
@@ -307,6 +307,40 @@ async def test_a_live_peer_refills_a_damaged_document_and_readyz_returns_to_200(
         assert not a.replica.damaged
         state = a.read_session("s")
         assert {k: state.get_memory(k) for k in acked} == acked
+
+
+async def test_a_damaged_replica_does_not_count_for_a_peers_replicas_until_repaired(
+    tmp_path, monkeypatch
+):
+    from crdt_types.errors import CommitTimeout
+    from mesh import ops
+
+    a_cfg = _kit.config(tmp_path, "a")
+    b_cfg = _kit.config(tmp_path, "b", seed=1)
+    # a leaves first, so b keeps owning its session.
+    async with open_mesh(b_cfg) as b, open_mesh(replace(a_cfg, seeds=[b.address])) as a:
+        x = await b.session("x")
+        for i in range(3):
+            x.state.set_memory(f"k{i}", i)
+            assert await x.commit(replicas=1, timeout=10) == ["a"]
+    _damage(tmp_path / "a", "session/x", _records(tmp_path / "a", "session/x")[-1], "checksum")
+    monkeypatch.setattr(ops, "REPAIR_INTERVAL", 3600.0)  # the test repairs by hand below
+    async with open_mesh(b_cfg) as b, open_mesh(replace(a_cfg, seeds=[b.address])) as a:
+        assert sorted(a.replica.damaged) == ["session/x"]
+        x = await b.session("x")
+        await _kit.wait_until("b owns x again", lambda: _commits(x))
+        x.state.set_memory("new", "write")
+        # a receives it, but its disk cannot give it back: no replica ack covers it.
+        with pytest.raises(CommitTimeout):
+            await x.commit(replicas=1, timeout=1.5)
+        await _kit.wait_until(
+            "a holds the write", lambda: a.read_session("x").get_memory("new") == "write"
+        )
+        assert a.replica.damaged
+        assert await a.ops.repair() == ["session/x"]
+        assert not a.replica.damaged
+        x.state.set_memory("newer", "write")
+        assert await x.commit(replicas=1, timeout=10) == ["a"]
 
 
 def _commits(session) -> bool:
