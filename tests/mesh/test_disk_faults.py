@@ -2,11 +2,18 @@
 
 The promise under test: the node reports the problem (`/readyz` answers 503 with the
 store's reason, the peer says it on stderr), refuses durable acknowledgements it cannot
-honour (`commit` raises `DiskFull` / `StorageError`; peers get no replica ack), and loses
-nothing it acknowledged before (checked after a restart with space again).
+honour (`commit` raises `DiskFull` / `CorruptRecord`; peers get no replica ack covering
+what its disk cannot give back), and loses nothing it acknowledged before (checked after
+a restart with space again, or after peers refilled a damaged document).
+
+A damaged record does not stop the node: the document is served from the records before
+the damage, reported, and refilled from a live peer, after which a checkpoint supersedes
+the damage and a restart loads cleanly. A file SQLite cannot open at all stops the peer
+with one line saying which file and what to do.
 
 The full disk is real: a small tmpfs mounted as the data directory (root only; the test is
-skipped with the reason when mounting fails), unmounted in `finally`. Corruption and
+skipped with the reason when mounting fails), unmounted in `finally`. Corruption (bytes of
+a record's blob overwritten in the file, or its checksum or row changed through SQLite) and
 truncation are done to the real SQLite file between runs.
 """
 
