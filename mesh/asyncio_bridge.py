@@ -44,6 +44,17 @@ _START_TIMEOUT = 30.0
 _EVENT_QUEUE = 1024
 
 
+def _settle(fut: asyncio.Future[Any], value: Any = None, exc: BaseException | None = None) -> None:
+    """Give `fut` its result or exception, unless it is already done (cancelled, timed out)."""
+    # Runs on the asyncio loop (call_soon_threadsafe): the trio thread never touches fut.
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
 class AsyncioSession:
     """A session of an `AsyncioMesh`; its state is reached through `run`."""
 
@@ -128,21 +139,13 @@ class AsyncioMesh:
         loop = self._loop
         assert loop is not None
 
-        def resolve(fut: asyncio.Future[Any], value: Any = None, exc: Any = None) -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(value)
-
         async def main() -> None:
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
             async with open_mesh(self.config) as mesh, trio.open_nursery() as nursery:
                 self._mesh, self._nursery = mesh, nursery
                 self.address = mesh.address
-                loop.call_soon_threadsafe(resolve, started)
+                loop.call_soon_threadsafe(_settle, started)
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
             self._mesh = None
@@ -152,7 +155,7 @@ class AsyncioMesh:
         except BaseException as exc:  # reported to the opener if it is still waiting
             # A failure after start is re-raised by close(); store it.
             self._error = exc
-            loop.call_soon_threadsafe(resolve, started, None, exc)
+            loop.call_soon_threadsafe(_settle, started, None, exc)
         finally:
             self._closed = True
 
@@ -163,30 +166,24 @@ class AsyncioMesh:
         loop = self._loop
         fut: asyncio.Future[Any] = loop.create_future()
 
-        def settle(value: Any = None, exc: BaseException | None = None) -> None:
-            if fut.done():
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(value)
-
         async def task() -> None:
             try:
                 if self._mesh is None:
                     raise Closed(f"mesh node {self.node_id!r} is closed")
                 value = await fn(self._mesh)
             except Exception as exc:
-                loop.call_soon_threadsafe(settle, None, exc)
+                loop.call_soon_threadsafe(_settle, fut, None, exc)
             except BaseException:
-                loop.call_soon_threadsafe(settle, None, Closed("the mesh closed during the call"))
+                loop.call_soon_threadsafe(
+                    _settle, fut, None, Closed("the mesh closed during the call")
+                )
                 raise
             else:
-                loop.call_soon_threadsafe(settle, value)
+                loop.call_soon_threadsafe(_settle, fut, value)
 
         def spawn() -> None:
             if self._nursery is None:
-                loop.call_soon_threadsafe(settle, None, Closed("the mesh is closed"))
+                loop.call_soon_threadsafe(_settle, fut, None, Closed("the mesh is closed"))
                 return
             self._nursery.start_soon(task)
 
