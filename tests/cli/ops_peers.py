@@ -59,6 +59,20 @@ def cli(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
+def read_line(proc: subprocess.Popen, timeout: float) -> bytes | str | None:
+    """The next line of `proc`'s stdout; None if it exits or `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if line:
+                return line
+        if proc.poll() is not None:
+            break
+    return None
+
+
 class Peer:
     """One `statemesh peer` process; `http` is its HTTP address."""
 
@@ -78,17 +92,13 @@ class Peer:
         self.http = self.ready["http"]
 
     def _line(self, timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line:
-                    return line
-            if self.proc.poll() is not None:
-                break
-        self.kill()
-        raise AssertionError(f"peer {self.name} printed no ready line: {self.proc.stderr.read()!r}")
+        line = read_line(self.proc, timeout)
+        if line is None:
+            self.kill()
+            raise AssertionError(
+                f"peer {self.name} printed no ready line: {self.proc.stderr.read()!r}"
+            )
+        return line
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(f"http://{self.http}{path}", timeout=5) as r:

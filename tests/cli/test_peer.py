@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -18,10 +17,9 @@ import urllib.request
 import pytest
 
 from gossip.keyring import write_key_file
+from tests.cli.ops_peers import STATEMESH, read_line
 
 pytestmark = pytest.mark.timeout(120)
-
-STATEMESH = [sys.executable, "-m", "cli.main"]
 
 
 def run_peer(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -43,16 +41,10 @@ class Peer:
         self.ready = json.loads(self.line(30))
 
     def line(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line:
-                    return line
-            if self.proc.poll() is not None:
-                break
-        raise AssertionError(f"no line from peer; stderr: {self.stop_hard()}")
+        line = read_line(self.proc, timeout)
+        if line is None:
+            raise AssertionError(f"no line from peer; stderr: {self.stop_hard()}")
+        return line
 
     def status(self) -> dict:
         with urllib.request.urlopen(f"http://{self.ready['http']}/status", timeout=5) as r:
