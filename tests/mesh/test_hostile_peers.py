@@ -19,9 +19,11 @@ Protocol randomness is seeded (`SEED`); every wait is bounded in time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
+import random
 import secrets
 import socket
 import subprocess
@@ -316,6 +318,69 @@ async def test_keyed_member_flood_over_loopback_is_capped_counted_and_survived(t
         text = v.ops.metrics.render().decode()
         line = f'statemesh_gossip_refused_total{{reason="envelope_cap"}} {float(n - cap)}'
         assert line in text, [x for x in text.splitlines() if "refused" in x]
+
+
+async def test_seeded_bad_frames_over_loopback_are_counted_in_metrics_and_change_nothing(tmp_path):
+    # Random, mutated, truncated and replayed frames over a real TCP connection, from an
+    # outsider and from a peer holding the key: every one is rejected by reason, the exact
+    # total shows in /metrics, and neither members nor documents change.
+    r = random.Random(SEED)
+    key = Keyring([os.urandom(32)])
+    async with (
+        open_mesh(_cfg(tmp_path, "v", key=key)) as v,
+        open_mesh(_cfg(tmp_path, "w", seeds=[v.address], n=1, key=key)) as w,
+    ):
+        await wait_until("join", lambda: v.node.membership.state_of("w") == "alive")
+        s = await w.session("before")
+        s.state.set_memory("k", "v")
+        assert await s.commit(replicas=1, timeout=10) == ["v"]
+        members = sorted(v.node.membership.members)
+        docs = {d: v.replica.fingerprint(d) for d in v.documents()}
+        rejected_before = sum(v.codec.rejected.values())
+        vandal = Vandal(key, v.address)
+        sent: collections.Counter[str] = collections.Counter()
+        try:
+            good = vandal.codec.pack(time.time(), Envelope("vandal", "127.0.0.1:9", 0, ()))
+            vandal.sock.sendall(length_prefixed(good))  # accepted once...
+            for _ in range(300):
+                kind = r.choice(["random", "mutated", "truncated", "replayed"])
+                if kind == "random":
+                    data = r.randbytes(r.randrange(1, 300))
+                elif kind == "mutated":
+                    data = bytearray(good)
+                    for _ in range(r.randint(1, 4)):
+                        data[r.randrange(len(data))] ^= r.randint(1, 255)
+                    data = bytes(data)
+                elif kind == "truncated":
+                    data = good[: r.randrange(1, len(good))]
+                else:
+                    data = good  # ...and refused as a replay ever after
+                sent[kind] += 1
+                vandal.sock.sendall(length_prefixed(data))
+            total = sum(sent.values())
+            await wait_until(
+                "every frame rejected",
+                lambda: sum(v.codec.rejected.values()) - rejected_before == total,
+            )
+        finally:
+            vandal.close()
+        assert v.codec.rejected["replay"] >= sent["replayed"], (SEED, v.codec.rejected)
+        assert sorted(v.node.membership.members) == members
+        assert {d: v.replica.fingerprint(d) for d in v.documents()} == docs
+        v.ops.refresh()
+        text = v.ops.metrics.render().decode()
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("statemesh_gossip_frames_rejected_total{")
+        )
+        assert counted == sum(v.codec.rejected.values()) + sum(
+            v.transport.stats.bad_frames.values()
+        )
+        assert counted >= total, (SEED, sent)
+        # The node still serves its peer.
+        s.state.set_memory("k", "after")
+        assert await s.commit(replicas=1, timeout=10) == ["v"]
 
 
 # --- silent and slow sockets -------------------------------------------------------------------
