@@ -29,7 +29,7 @@ from gossip.messages import (
     Ping,
     PingReq,
 )
-from gossip.simulator import NetworkConfig, Simulator
+from gossip.simulator import NetworkConfig, Simulator, run_scenario_sim
 
 SEED = 7
 
@@ -590,3 +590,17 @@ def test_many_syncs_asking_for_a_reply_get_one_table():
     m.handle(2.0, addr("b"), MembershipSync((upd("b", ALIVE),), True))
     out, _ = m.take()
     assert len([x for _, x in out if isinstance(x, MembershipSync)]) == 1  # next batch: again
+
+
+def test_caps_as_tight_as_the_cluster_never_drop_a_real_member():
+    # The defaults are ~2-4x a 1,000-node mesh; here the caps equal the cluster's size and
+    # a join-bootstrapped cluster with kills and a healed partition still loses no one.
+    n = 48
+    cfg = lan().with_(max_members=n, max_new_members=n - 1)
+    result, sim = run_scenario_sim(
+        n, SEED, bootstrap="join", kill=2, partition_at=2, partition_rounds=10, config=cfg
+    )
+    assert result["converged"] and result["membership_whole"], (SEED, result)
+    for node_id in sim.up_nodes():
+        refused = sim.nodes[node_id].membership.refused
+        assert refused["envelope_cap"] == refused["table_full"] == 0, (SEED, node_id, refused)
