@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import queue
 import secrets
 import shutil
 import statistics
@@ -31,8 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from benchmarks._agents import AgentCluster
 from benchmarks._plot import Series, add_plot_argument, check_plot_path, line_plot
 
 HELP = "SIGKILL session owners on namespace hosts; takeover time, detection, acked writes lost"
@@ -50,87 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--burn", type=int, default=0, help="CPU-burning processes during the run")
     add_plot_argument(parser, "RTO and detection time per trial")
-
-
-class _Cluster:
-    """Three agent peers (namespace hosts or loopback) and their merged event stream."""
-
-    def __init__(self, root: Path, loopback: bool) -> None:
-        from cli.demo import Peer
-        from gossip.keyring import write_key_file
-
-        self._peer_class = Peer
-        self.root = root
-        self.key = root / "cluster.key"
-        write_key_file(self.key, os.urandom(32))
-        self.cluster = f"bench-{secrets.token_hex(4)}"
-        self.events: queue.Queue = queue.Queue()
-        self.log: list[dict[str, Any]] = []
-        self.peers: dict[str, Any] = {}
-        self.net = None
-        if not loopback:
-            from mesh.hosts import HostNetwork
-
-            self.net = HostNetwork(3)
-        self.ports: dict[int, int] = {}
-
-    def start(self, i: int) -> None:
-        name = f"p{i}"
-        if self.net is not None:
-            host = self.net.hosts[i]
-            addr, iface, popen = f"{host.address}:7946", host.address, host.popen
-            http = f"{host.address}:8080"
-        else:
-            addr, iface, popen, http = "127.0.0.1:0", "127.0.0.1", subprocess.Popen, "127.0.0.1:0"
-        argv = [
-            sys.executable, "-m", "cli.demo_agent", "--node", name,
-            "--data", str(self.root / name), "--key-file", str(self.key),
-            "--listen", addr, "--http", http, "--interface", iface,
-            "--cluster", self.cluster, "--commands",
-        ]  # fmt: skip
-        self.peers[name] = self._peer_class(
-            name, argv, self.root / f"{name}.log", self.events, popen=popen
-        )
-        mark = len(self.log)
-        self.wait(lambda e: e["event"] == "ready" and e["peer"] == name, 30, mark)
-
-    def wait(self, match, timeout: float, since: int = 0) -> dict | None:
-        for e in self.log[since:]:
-            if match(e):
-                return e
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                name, ev = self.events.get(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                continue
-            ev["peer"] = name
-            self.log.append(ev)
-            if match(ev):
-                return ev
-        return None
-
-    def ask(self, name: str, line: str, reply: str, timeout: float = 15.0) -> dict | None:
-        mark = len(self.log)
-        self.peers[name].send(line)
-        return self.wait(lambda e: e["event"] == reply and e["peer"] == name, timeout, mark)
-
-    def settle(self, timeout: float = 40.0) -> bool:
-        names = sorted(self.peers)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = [self.ask(n, "status", "status", 5) for n in names]
-            if all(s and s["alive"] == names and s["stable"] == names for s in got):
-                return True
-            time.sleep(0.2)
-        return False
-
-    def close(self) -> None:
-        for p in self.peers.values():
-            with contextlib.suppress(Exception):
-                p.stop()
-        if self.net is not None:
-            self.net.close()
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -157,7 +74,12 @@ def run(args: argparse.Namespace) -> dict:
             loopback = True
     root = Path(tempfile.mkdtemp(prefix="statemesh-bench-failover-"))
     burners: list[subprocess.Popen] = []
-    cluster = _Cluster(root, loopback)
+    net = None
+    if not loopback:
+        from mesh.hosts import HostNetwork
+
+        net = HostNetwork(3)
+    cluster = AgentCluster(root, f"bench-{secrets.token_hex(4)}", net)
     try:
         for i in range(3):
             cluster.start(i)
@@ -178,15 +100,17 @@ def run(args: argparse.Namespace) -> dict:
                 b.kill()
             b.wait()
         cluster.close()
+        if net is not None:
+            net.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _idle(cluster: _Cluster, seconds: float) -> dict:
+def _idle(cluster: AgentCluster, seconds: float) -> dict:
     for name in sorted(cluster.peers):
         cluster.ask(name, f"write idle-{name} x 1", "wrote")
     mark = len(cluster.log)
     print(f"bench failover: watching {seconds:.0f} s for false failovers", file=sys.stderr)
-    cluster.wait(lambda e: False, seconds)
+    cluster.drain(seconds)
     seen = cluster.log[mark:]
     return {
         "idle_s": seconds,
@@ -196,7 +120,7 @@ def _idle(cluster: _Cluster, seconds: float) -> dict:
     }
 
 
-def _trials(cluster: _Cluster, trials: int, writes: int, plot: Path | None) -> dict:
+def _trials(cluster: AgentCluster, trials: int, writes: int, plot: Path | None) -> dict:
     detect: list[float] = []
     rto: list[float] = []
     lost = 0
@@ -214,12 +138,14 @@ def _trials(cluster: _Cluster, trials: int, writes: int, plot: Path | None) -> d
         t_kill = time.monotonic()
         cluster.peers[owner].kill()
         taken = cluster.wait(
-            lambda e, s=session: e["event"] == "takeover" and e["session"] == s, 20, mark
+            lambda e, s=session: e["event"] == "takeover" and e["session"] == s,
+            20,
+            since=mark,
         )
         dead = cluster.wait(
             lambda e, o=owner: e["event"] == "member" and e["node"] == o and e["state"] == "dead",
             5,
-            mark,
+            since=mark,
         )
         if taken is None:
             failed += 1

@@ -37,11 +37,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from mesh.agent_process import alive_members, pump, read_events
 
 MAX_PEERS = 9
 READY_TIMEOUT = 30.0
@@ -94,18 +95,8 @@ class Peer:
         )
         self.ready: dict[str, Any] | None = None
         self.killed_at: float | None = None
-        self._thread = threading.Thread(target=self._read, args=(events,), daemon=True)
-        self._thread.start()
-
-    def _read(self, events: queue.Queue) -> None:
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                events.put((self.name, obj))
+        self._thread = read_events(name, self.proc.stdout, events)
 
     def send(self, line: str) -> None:
         """Write one line to the peer's stdin."""
@@ -169,19 +160,12 @@ class Demo:
 
     def pump(self, until: float, done: Any) -> bool:
         """Handle events until `done()` or the monotonic deadline; True if done."""
-        while True:
-            if done():
-                return True
-            left = until - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                name, ev = self.events.get(timeout=min(left, 0.1))
-            except queue.Empty:
-                continue
-            ev["peer"] = name
-            self.log.append(ev)
-            self.narrate(name, ev)
+        return pump(self.events, until, done, self._handle)
+
+    def _handle(self, name: str, ev: dict[str, Any]) -> None:
+        ev["peer"] = name
+        self.log.append(ev)
+        self.narrate(name, ev)
 
     def narrate(self, name: str, ev: dict[str, Any]) -> None:
         kind, t = ev.get("event"), float(ev.get("t", time.monotonic()))
@@ -263,8 +247,7 @@ class Demo:
                     st = _get_json(p.ready["http"], "/status")
                 except OSError:
                     return False
-                alive = sorted(m["node"] for m in st["members"] if m["state"] == "alive")
-                if alive != everyone or st.get("stable") != everyone:
+                if alive_members(st) != everyone or st.get("stable") != everyone:
                     return False
             return True
 

@@ -12,15 +12,22 @@ protocol, defined here once so the orchestrators can read either:
 * In: commands, one per stdin line, read without blocking the trio thread.
 * Exit: 0 after a graceful leave, 2 with a one-line message on a `StatemeshError`, 130 on
   Ctrl-C.
+
+The orchestrator side (plain threads, no trio: the orchestrators are synchronous) is here
+too: `read_events` turns a child's stdout into ``(name, event)`` pairs on one queue shared
+by all children, and `pump` hands them to a handler until a condition holds or a
+monotonic deadline passes. Lines that are not JSON objects (a stray print) are skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -28,7 +35,15 @@ import trio
 from crdt_types.errors import StatemeshError
 from gossip.events import MemberAlive, MemberDead, MemberJoined, MemberLeft, MemberSuspected
 
-__all__ = ["MEMBER_EVENT_STATES", "alive_members", "run", "say", "stdin_lines"]
+__all__ = [
+    "MEMBER_EVENT_STATES",
+    "alive_members",
+    "pump",
+    "read_events",
+    "run",
+    "say",
+    "stdin_lines",
+]
 
 # The subscriber events that are membership changes, and the state each one reports.
 MEMBER_EVENT_STATES: dict[type, str] = {
@@ -75,3 +90,43 @@ def run(main: Callable[[Any], Awaitable[None]], args: Any, name: str) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+# --- the orchestrator side ------------------------------------------------------------------
+
+
+def read_events(name: str, stdout: Iterable[bytes], events: queue.Queue) -> threading.Thread:
+    """Start a daemon thread that puts `(name, event)` on `events` for each JSON object line."""
+
+    def read() -> None:
+        for raw in stdout:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                events.put((name, obj))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def pump(
+    events: queue.Queue,
+    until: float,
+    done: Callable[[], bool],
+    handle: Callable[[str, dict[str, Any]], None],
+) -> bool:
+    """Hand queued events to `handle` until `done()` or monotonic time `until`; returns done()."""
+    while True:
+        if done():
+            return True
+        left = until - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            name, ev = events.get(timeout=min(0.1, left))
+        except queue.Empty:
+            continue
+        handle(name, ev)

@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 from crdt_types.errors import LocalError
 from gossip.keyring import write_key_file
+from mesh.agent_process import pump, read_events
 from mesh.chaos.checker import Ack, FaultWindow, OwnerChange, Replica, Verdict, check
 from mesh.chaos.schedule import FAULT_KINDS, Fault, dump_schedule, impaired, plan
 from mesh.hosts import HostNetwork, available, cleanup_stale
@@ -83,18 +83,8 @@ class Agent:
         finally:
             log.close()
         self.stopped = False
-        proc = self.proc
-        threading.Thread(target=self._read, args=(proc, events), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen[bytes], events: queue.Queue) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                events.put((self.name, obj))
+        assert self.proc.stdout is not None
+        read_events(self.name, self.proc.stdout, events)
 
     @property
     def running(self) -> bool:
@@ -222,17 +212,7 @@ class Campaign:
 
     def _pump(self, until: float, done: Callable[[], bool] = lambda: False) -> bool:
         """Handle agent events until monotonic time `until` or `done()`; returns done()."""
-        while True:
-            if done():
-                return True
-            left = until - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                name, ev = self.events.get(timeout=min(0.1, left))
-            except queue.Empty:
-                continue
-            self._handle(name, ev)
+        return pump(self.events, until, done, self._handle)
 
     # --- setup ----------------------------------------------------------------------------
 

@@ -1,19 +1,21 @@
 """mesh.agent_process: the timeline lines, stdin commands and exit codes of agent processes.
 
 The stdin reader and the exit codes are exercised in real child processes (a pipe for
-stdin, the real exit status); `say` and `alive_members` in-process.
+stdin, the real exit status); `say`, `alive_members` and the orchestrator side
+(`read_events`, `pump`) in-process.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import time
 
 import pytest
 
-from mesh.agent_process import alive_members, say
+from mesh.agent_process import alive_members, pump, read_events, say
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,3 +102,27 @@ def test_run_exits_0_after_main_2_on_a_statemesh_error_130_on_ctrl_c(raise_, cod
     proc = subprocess.run([sys.executable, "-c", src], capture_output=True, timeout=30)
     assert proc.returncode == code, proc.stderr
     assert proc.stderr.decode().strip() == stderr
+
+
+def test_read_events_queues_json_objects_with_the_name_and_skips_other_lines():
+    events: queue.Queue = queue.Queue()
+    lines = [b'{"event": "ready"}\n', b"not json\n", b"[1, 2]\n", b'{"event": "acked"}\n']
+    read_events("p0", lines, events).join(timeout=10)
+    got = []
+    while not events.empty():
+        got.append(events.get_nowait())
+    assert got == [("p0", {"event": "ready"}), ("p0", {"event": "acked"})]
+
+
+def test_pump_hands_events_in_order_until_done_or_the_deadline():
+    events: queue.Queue = queue.Queue()
+    for i in range(5):
+        events.put(("p", {"i": i}))
+    seen: list[int] = []
+    assert pump(
+        events, time.monotonic() + 10, lambda: len(seen) == 3, lambda n, e: seen.append(e["i"])
+    )
+    assert seen == [0, 1, 2]
+    # Nothing satisfies `done`: it hands over the rest, then gives up at the deadline.
+    assert not pump(events, time.monotonic() + 0.3, lambda: False, lambda n, e: seen.append(e["i"]))
+    assert seen == [0, 1, 2, 3, 4]

@@ -11,94 +11,33 @@ whatever is left in its namespaces). Skipped with the reason when not root.
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from cli.demo import Peer, _present
+from benchmarks._agents import AgentCluster
+from cli.demo import _present
 from cli.demo_agent import SCRIPT
-from gossip.keyring import write_key_file
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-class Agents:
-    """Agent peers on namespace hosts and the merged stream of their timeline events."""
+class Agents(AgentCluster):
+    """The benchmark's agent harness, whose waits fail the test instead of returning None."""
 
-    def __init__(self, net: Any, root: Path, cluster: str) -> None:
-        self.net = net
-        self.root = root
-        self.cluster = cluster
-        self.key = root / "cluster.key"
-        write_key_file(self.key, os.urandom(32))
-        self.events: queue.Queue = queue.Queue()
-        self.log: list[dict[str, Any]] = []
-        self.peers: dict[str, Peer] = {}
-
-    def start(self, i: int, *extra: str) -> Peer:
-        host = self.net.hosts[i]
-        name = f"p{i}"
-        argv = [
-            sys.executable, "-m", "cli.demo_agent", "--node", name,
-            "--data", str(self.root / name), "--key-file", str(self.key),
-            "--listen", f"{host.address}:7946", "--http", f"{host.address}:8080",
-            "--interface", host.address, "--cluster", self.cluster, "--commands", *extra,
-        ]  # fmt: skip
-        peer = Peer(name, argv, self.root / f"{name}.log", self.events, popen=host.popen)
-        self.peers[name] = peer
-        self.wait(lambda e: e["event"] == "ready" and e["peer"] == name, 30, f"{name} ready")
-        return peer
-
-    def kill(self, name: str) -> None:
-        self.peers.pop(name).kill()
-
-    def drain(self, seconds: float) -> None:
-        """Collect events for `seconds` (to see that something does *not* happen)."""
-        self.wait(lambda e: False, seconds, "", must=False)
-
-    def wait(self, match, timeout: float, what: str, *, must: bool = True) -> dict | None:
-        for e in self.log:
-            if match(e):
-                return e
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                name, ev = self.events.get(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                continue
-            ev["peer"] = name
-            self.log.append(ev)
-            if match(ev):
-                return ev
-        if must:
+    def wait(self, match, timeout: float, what: str = "", since: int = 0) -> dict:
+        ev = super().wait(match, timeout, what, since)
+        if ev is None:
             tail = "\n".join(str(e) for e in self.log[-30:])
             raise AssertionError(f"timed out after {timeout} s waiting for {what}:\n{tail}")
-        return None
+        return ev
 
-    def ask(self, name: str, line: str, reply: str, timeout: float = 10.0) -> dict:
-        """Send a command and wait for the next `reply` event from that peer."""
-        mark = len(self.log)
-        self.peers[name].send(line)
-
-        def match(e: dict) -> bool:
-            return e["event"] == reply and e["peer"] == name and self.log.index(e) >= mark
-
-        return self.wait(match, timeout, f"{reply} from {name} after {line!r}")
-
-    def settle(self, names: list[str], timeout: float = 30.0) -> None:
+    def settle(self, names: list[str], timeout: float = 30.0) -> bool:
         """Wait until every peer sees all `names` alive and has adopted them as stable."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            statuses = [self.ask(n, "status", "status") for n in names]
-            if all(s["alive"] == names and s["stable"] == names for s in statuses):
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"membership did not settle: {statuses}")
+        if not super().settle(names, timeout):
+            raise AssertionError(f"membership did not settle on {names}")
+        return True
 
     def summary(self, name: str, session: str) -> dict:
         return self.ask(name, f"summary {session}", "summary")
@@ -112,21 +51,10 @@ class Agents:
             time.sleep(0.2)
         raise AssertionError(f"{session} did not converge on {names}: {views}")
 
-    def of(self, kind: str, **match: Any) -> list[dict]:
-        return [
-            e
-            for e in self.log
-            if e["event"] == kind and all(e.get(k) == v for k, v in match.items())
-        ]
-
-    def close(self) -> None:
-        for p in self.peers.values():
-            p.stop()
-
 
 @pytest.fixture
 def agents(host_network, tmp_path, request):
-    a = Agents(host_network, tmp_path, f"fo-{os.getpid()}-{request.node.name[-20:]}")
+    a = Agents(tmp_path, f"fo-{os.getpid()}-{request.node.name[-20:]}", host_network)
     yield a
     a.close()
 
