@@ -62,17 +62,22 @@ def _fail(what: str, proc: subprocess.CompletedProcess[str]) -> LocalError:
     return LocalError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()}")
 
 
+def _capture(argv: Sequence[str], *, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command with the setup timeout; output captured as text, exit status unchecked."""
+    return subprocess.run(
+        list(argv),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=_COMMAND_TIMEOUT,
+        check=False,
+    )
+
+
 def _run(argv: Sequence[str], *, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a setup command with a timeout; raise LocalError carrying its stderr on failure."""
     try:
-        proc = subprocess.run(
-            list(argv),
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=_COMMAND_TIMEOUT,
-            check=False,
-        )
+        proc = _capture(argv, input=input)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LocalError(f"{' '.join(argv)}: {exc}") from exc
     if proc.returncode != 0:
@@ -98,13 +103,7 @@ def list_namespaces() -> list[str]:
 
 
 def _namespace_pids(name: str) -> list[int]:
-    proc = subprocess.run(
-        ["ip", "netns", "pids", name],
-        capture_output=True,
-        text=True,
-        timeout=_COMMAND_TIMEOUT,
-        check=False,
-    )
+    proc = _capture(["ip", "netns", "pids", name])
     return [int(p) for p in proc.stdout.split() if p.isdigit()]
 
 
@@ -126,13 +125,7 @@ def _kill_and_delete(names: Iterable[str]) -> list[str]:
         if pids:
             time.sleep(0.02)
     for name in names:
-        proc = subprocess.run(
-            ["ip", "netns", "del", name],
-            capture_output=True,
-            text=True,
-            timeout=_COMMAND_TIMEOUT,
-            check=False,
-        )
+        proc = _capture(["ip", "netns", "del", name])
         if proc.returncode != 0 and "No such file" not in proc.stderr:
             errors.append(f"ip netns del {name}: {proc.stderr.strip()}")
     return errors
