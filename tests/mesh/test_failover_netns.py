@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(120)]
 
 class Agents(AgentCluster):
     """The benchmark's agent harness, whose waits fail the test instead of returning None."""
+
+    def __init__(self, net: Any, root: Path, cluster: str) -> None:
+        super().__init__(root, cluster, net)
 
     def wait(self, match, timeout: float, what: str = "", since: int = 0) -> dict:
         ev = super().wait(match, timeout, what, since)
@@ -54,7 +59,7 @@ class Agents(AgentCluster):
 
 @pytest.fixture
 def agents(host_network, tmp_path, request):
-    a = Agents(tmp_path, f"fo-{os.getpid()}-{request.node.name[-20:]}", host_network)
+    a = Agents(host_network, tmp_path, f"fo-{os.getpid()}-{request.node.name[-20:]}")
     yield a
     a.close()
 
