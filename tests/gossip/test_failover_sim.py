@@ -17,11 +17,13 @@ from crdt_types.ownership import OwnershipTable
 from gossip.events import MemberDead, TakeoverPlanned, WorkloadFenced
 from gossip.failover import FailoverPolicy, FailoverState, member_views
 from gossip.quorum import RoundTrips
+from gossip.replication import DocumentUpdated
 from gossip.simulator import Simulator
 
 OWNERSHIP = "ownership"
 PERIOD = 0.05
 ASK_INTERVAL = 0.5  # as mesh.failover.ASK_INTERVAL
+WAKE = 0.005  # as mesh.failover._MIN_INTERVAL: a change is decided on this much later
 
 
 class Mesh:
@@ -44,6 +46,7 @@ class Mesh:
         self.heard: dict[str, dict[str, float]] = {node: {} for node in self.ids}
         self.trips = {node: RoundTrips() for node in self.ids}
         self.next_ask = dict.fromkeys(self.ids, -1.0)
+        self.due = dict.fromkeys(self.ids, float("inf"))  # next step scheduled per node
         self.sim.on_receive = self._received
         self.sim.on_event = self._event
 
@@ -56,6 +59,21 @@ class Mesh:
             # Ask at once, as the runtime does on MemberDead (after this event is handled).
             self.next_ask[node] = -1.0
             self.sim.at(now, lambda node=node: self._ask(node))
+        if not isinstance(event, DocumentUpdated) or event.doc_id == OWNERSHIP:
+            # The runtime decides again on membership and ownership changes, not only on
+            # a timer: a claim that arrived just before our slot must stop us claiming.
+            self._wake(node, now + WAKE)
+
+    def _wake(self, node: str, at: float) -> None:
+        if at < self.due[node]:
+            self.due[node] = at
+            self.sim.at(at, lambda: self._woken(node, at))
+
+    def _woken(self, node: str, at: float) -> None:
+        if self.due[node] == at:
+            self.due[node] = float("inf")
+            if self.sim.is_up(node):
+                self._step(node)
 
     def _ask(self, node: str) -> None:
         sim = self.sim
@@ -82,37 +100,47 @@ class Mesh:
         self.sim._handle(node, live.local_update(self.sim.now, OWNERSHIP, doc.get_update(before)))
 
     def _drive(self) -> None:
+        for node in self.sim.up_nodes():
+            self._step(node)
+        self.sim.at(self.sim.now + PERIOD, self._drive)
+
+    def _step(self, node: str) -> None:
         sim = self.sim
-        for node in sim.up_nodes():
-            live = sim.nodes[node]
-            records = live.membership.members.values()
-            members = member_views(
-                records,
-                ready=lambda _n: True,
-                heard=self.heard[node],
-                answered=self.trips[node].answered,
-            )
+        live = sim.nodes[node]
+        records = live.membership.members.values()
+        members = member_views(
+            records,
+            ready=lambda _n: True,
+            heard=self.heard[node],
+            answered=self.trips[node].answered,
+        )
 
-            def durable(who, workload, node=node, live=live):
-                if who == node:
-                    return sim.replicas[node].durable_state_vector(workload)
-                return live.replicator.peer_durable(who, workload)
+        def durable(who, workload):
+            if who == node:
+                return sim.replicas[node].durable_state_vector(workload)
+            return live.replicator.peer_durable(who, workload)
 
-            decision = self.states[node].step(sim.now, members, self.tables[node].claims(), durable)
-            self.events.extend((sim.now, node, ev) for ev in decision.events)
-            if decision.ask:
-                self._ask(node)
-            for t in decision.claims:
-                if self.tables[node].epoch_of(t.workload) < t.epoch:
-                    self.claim(node, t.workload, node, t.epoch)
-                    self.claims_made.append((sim.now, node, t.workload, t.epoch))
-        sim.at(sim.now + PERIOD, self._drive)
+        decision = self.states[node].step(sim.now, members, self.tables[node].claims(), durable)
+        self.events.extend((sim.now, node, ev) for ev in decision.events)
+        if decision.ask:
+            self._ask(node)
+        for t in decision.claims:
+            if self.tables[node].epoch_of(t.workload) < t.epoch:
+                self.claim(node, t.workload, node, t.epoch)
+                self.claims_made.append((sim.now, node, t.workload, t.epoch))
+        if decision.deadline < sim.now + PERIOD:
+            # Slots fall between periodic steps; the runtime sleeps until its deadline.
+            self._wake(node, max(decision.deadline, sim.now + 1e-6))
 
     def owners(self, node: str) -> dict[str, tuple[str, int]]:
         return {c.workload: (c.owner, c.epoch) for c in self.tables[node].claims()}
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# Seeds 5, 10, 12, 17, 19 and 26 once made two claims at the same epoch in the same
+# instant: the harness decided only every 50 ms, so a better-ranked member's late verdict
+# and the next member's slot fell in one step. It now also decides on change and at
+# deadlines, as the runtime does.
+@pytest.mark.parametrize("seed", range(1, 31))
 def test_killed_owner_is_replaced_once_by_a_caught_up_peer(seed):
     mesh = Mesh(seed, 5)
     sim = mesh.sim
@@ -173,8 +201,8 @@ def test_partition_3_2_only_the_majority_takes_over_and_the_old_owner_is_fenced(
     assert {c[1] for c in mesh.claims_made} <= set(majority), seed
 
 
-# Seeds where the former rule (evidence = any frame heard) took all six sessions over.
-@pytest.mark.parametrize("seed", [1, 5, 6])
+# Seeds where the former rule (evidence = any frame heard) took sessions over.
+@pytest.mark.parametrize("seed", [5, 6, 7, 9])
 def test_a_node_that_cannot_send_never_takes_over_from_a_live_owner(seed):
     # Issue 8 (`statemesh chaos`, one-way nftables cuts): n3 hears the others but nobody
     # hears it, and the owner n1 does not reach it either (so no frame from the owner
