@@ -27,7 +27,10 @@ __all__ = [
     "Client",
     "HttpError",
     "Unreachable",
+    "add_peer_action",
+    "add_peer_arguments",
     "admin_headers",
+    "peer_client",
     "run_guarded",
 ]
 
@@ -62,6 +65,21 @@ def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", metavar="FILE", help="cluster key file (admin token)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+
+def add_peer_action(
+    actions: argparse._SubParsersAction, name: str, help: str, prog: str, fn: Any
+) -> argparse.ArgumentParser:
+    """Add action `name` with the peer flags; it runs `fn(args)` under `run_guarded(prog)`."""
+    parser = actions.add_parser(name, help=help)
+    add_peer_arguments(parser)
+    parser.set_defaults(func=lambda args: run_guarded(prog, fn, args))
+    return parser
+
+
+def peer_client(args: argparse.Namespace) -> Client:
+    """The client the peer flags describe: --http, the admin token of --key-file, --timeout."""
+    return Client(args.http, headers=admin_headers(args.key_file), timeout=args.timeout)
 
 
 def admin_headers(key_file: str | Path | None) -> dict[str, str]:

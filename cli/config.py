@@ -27,7 +27,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from cli._http_client import Client, add_peer_arguments, admin_headers, run_guarded
+from cli._http_client import add_peer_action, peer_client
 
 PROG = "statemesh config"
 
@@ -43,19 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
-    s = actions.add_parser("set", help="set KEY to VALUE (admin token needed)")
-    add_peer_arguments(s)
+    s = add_peer_action(actions, "set", "set KEY to VALUE (admin token needed)", PROG, _set)
     s.add_argument("key", metavar="KEY")
     s.add_argument("value", metavar="VALUE", help="JSON if it parses, else a string")
     s.add_argument("--string", action="store_true", help="take VALUE as a string, always")
-    s.set_defaults(func=lambda a: run_guarded(PROG, _set, a))
-    g = actions.add_parser("get", help="print the value of KEY (all settings without KEY)")
-    add_peer_arguments(g)
+    g = add_peer_action(
+        actions, "get", "print the value of KEY (all settings without KEY)", PROG, _get
+    )
     g.add_argument("key", metavar="KEY", nargs="?")
-    g.set_defaults(func=lambda a: run_guarded(PROG, _get, a))
-    ls = actions.add_parser("list", help="print every setting")
-    add_peer_arguments(ls)
-    ls.set_defaults(func=lambda a: run_guarded(PROG, _list, a))
+    add_peer_action(actions, "list", "print every setting", PROG, _list)
 
 
 def parse_value(text: str, *, string: bool = False) -> Any:
@@ -68,17 +64,13 @@ def parse_value(text: str, *, string: bool = False) -> Any:
         return text
 
 
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.http, headers=admin_headers(args.key_file), timeout=args.timeout)
-
-
 def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
 def _set(args: argparse.Namespace) -> int:
     value = parse_value(args.value, string=args.string)
-    entry = _client(args).json("PUT", "/config/" + quote(args.key, safe=""), {"value": value})
+    entry = peer_client(args).json("PUT", "/config/" + quote(args.key, safe=""), {"value": value})
     if args.json:
         print(json.dumps(entry, sort_keys=True))
     else:
@@ -89,13 +81,13 @@ def _set(args: argparse.Namespace) -> int:
 def _get(args: argparse.Namespace) -> int:
     if args.key is None:
         return _list(args)
-    entry = _client(args).json("GET", "/config/" + quote(args.key, safe=""))
+    entry = peer_client(args).json("GET", "/config/" + quote(args.key, safe=""))
     print(json.dumps(entry, sort_keys=True) if args.json else _show(entry["value"]))
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    config = _client(args).json("GET", "/config")["config"]
+    config = peer_client(args).json("GET", "/config")["config"]
     if args.json:
         print(json.dumps(config, sort_keys=True))
         return 0

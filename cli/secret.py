@@ -29,7 +29,7 @@ import json
 import sys
 from urllib.parse import quote
 
-from cli._http_client import Client, add_peer_arguments, admin_headers, run_guarded
+from cli._http_client import add_peer_action, peer_client
 from crdt_types.errors import LocalError
 from mesh.vault import MAX_VALUE_BYTES
 
@@ -47,22 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
 
-    s = actions.add_parser("set", help="store NAME; the value is read from stdin")
-    add_peer_arguments(s)
+    s = add_peer_action(actions, "set", "store NAME; the value is read from stdin", PROG, _set)
     s.add_argument("name", metavar="NAME")
     s.add_argument("--from-file", metavar="PATH", help="read the value from PATH, not stdin")
-    s.set_defaults(func=lambda a: run_guarded(PROG, _set, a))
-    g = actions.add_parser("get", help="write the value of NAME to stdout")
-    add_peer_arguments(g)
+    g = add_peer_action(actions, "get", "write the value of NAME to stdout", PROG, _get)
     g.add_argument("name", metavar="NAME")
-    g.set_defaults(func=lambda a: run_guarded(PROG, _get, a))
-    ls = actions.add_parser("list", help="print the names of the stored secrets")
-    add_peer_arguments(ls)
-    ls.set_defaults(func=lambda a: run_guarded(PROG, _list, a))
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.http, headers=admin_headers(args.key_file), timeout=args.timeout)
+    add_peer_action(actions, "list", "print the names of the stored secrets", PROG, _list)
 
 
 def read_value(args: argparse.Namespace) -> bytes:
@@ -90,7 +80,7 @@ def read_value(args: argparse.Namespace) -> bytes:
 
 def _set(args: argparse.Namespace) -> int:
     value = read_value(args)
-    client = _client(args)
+    client = peer_client(args)
     _, _, data = client.call(
         "PUT", "/secrets/" + quote(args.name, safe=""), value, "application/octet-stream"
     )
@@ -103,7 +93,7 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    _, _, value = _client(args).call("GET", "/secrets/" + quote(args.name, safe=""))
+    _, _, value = peer_client(args).call("GET", "/secrets/" + quote(args.name, safe=""))
     if args.json:
         try:
             obj = {"name": args.name, "value": value.decode("utf-8")}
@@ -119,7 +109,7 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    secrets = _client(args).json("GET", "/secrets")["secrets"]
+    secrets = peer_client(args).json("GET", "/secrets")["secrets"]
     if args.json:
         print(json.dumps(secrets, sort_keys=True))
         return 0
