@@ -709,6 +709,10 @@ class FailoverState:
         self._alone: dict[tuple[str, float], bool] = {}  # (owner, since) -> verdict formed alone
         # When this node first had a stable set (-inf: restored from disk).
         self._stable_from = -math.inf if self.membership.stable is not None else math.inf
+        # When each workload's current winning claim first appeared here (-inf: it was
+        # there at our first step, e.g. read from disk on a restart).
+        self._claim_seen: dict[str, float] = {}
+        self._stepped = False
 
     @property
     def owned(self) -> dict[str, int]:
@@ -755,6 +759,7 @@ class FailoverState:
         if self._stable_from == math.inf and self.membership.stable is not None:
             self._stable_from = now
         plans = self._hold_late_quorum(now, view, plans)
+        plans = self._hold_claims_of_the_dead(now, view, plans)
         events: list[object] = []
         events.extend(owner_changes(self._claims.values(), view.claims))
         for ev in fenced(self.me, self._owned, view.claims):
@@ -838,6 +843,54 @@ class FailoverState:
             out.append(t)
         self._quorum_at = keep
         self._alone = alone
+        return out
+
+    def _hold_claims_of_the_dead(
+        self, now: float, view: FailoverView, plans: list[Takeover]
+    ) -> list[Takeover]:
+        """Treat a claim that appeared after its owner's death verdict like a frame from it.
+
+        A claim names the member that wrote it (a takeover or an open; a hand-off names
+        the successor), so a claim by a member we hold dead that reaches us after the
+        verdict means it was alive across a partition, not dead: wait `catchup_timeout`
+        for its refutation as for `owner_heard`. Without this, after a 2|1 partition
+        with the availability policy healed, the lone side's claim reached the third
+        peer through the other before the lone peer was alive again in its view, and
+        it claimed a third epoch (tests/mesh/test_failover_netns.py). A claim that
+        arrives after a verdict but was made before a real death costs that wait once.
+        """
+        seen = self._claim_seen
+        first = not self._stepped
+        self._stepped = True
+        current = {}
+        for c in view.claims:
+            prev = self._claims.get(c.workload)
+            same = prev is not None and (prev.owner, prev.epoch) == (c.owner, c.epoch)
+            current[c.workload] = seen.get(c.workload, -math.inf) if same or first else now
+        self._claim_seen = current
+        out = []
+        for t in plans:
+            owner = view.members.get(t.previous_owner)
+            at = current.get(t.workload, -math.inf)
+            until = at + self.policy.catchup_timeout
+            if (
+                owner is not None
+                and owner.state == DEAD
+                and at > owner.since
+                and now < until
+                and t.reason not in ("owner_heard", "no_quorum")
+            ):
+                t = Takeover(
+                    t.workload,
+                    t.previous_owner,
+                    t.previous_epoch,
+                    None,
+                    "owner_heard",
+                    until,
+                    None,
+                    t.target,
+                )
+            out.append(t)
         return out
 
     def handoff(

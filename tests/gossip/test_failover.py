@@ -1042,3 +1042,35 @@ def test_the_decision_asks_for_evidence_only_while_it_waits_for_some():
     assert b.step(2.0, dead, [Claim("w", "a", 1)]).ask  # c has not answered since 2.0
     avail.step(0.0, up, [Claim("w", "a", 1)])
     assert not avail.step(2.0, dead, [Claim("w", "a", 1)]).ask
+
+
+def test_a_claim_by_a_member_held_dead_that_arrives_after_the_verdict_waits_for_it():
+    # After a 2|1 partition with the availability policy healed, p2's claim reached p1
+    # through p0 while p2 was still dead in p1's view: p1 claimed a third epoch.
+    avail = FailoverPolicy(split_brain=AVAILABILITY, catchup_timeout=CATCHUP)
+    p1 = FailoverState("p1", avail, settle=0.0)
+    up = _members_at({"p0": ALIVE, "p1": ALIVE, "p2": ALIVE})
+    p1.step(0.0, up, [Claim("w", "p0", 1)])
+    cut = {**up, "p2": MemberView("p2", DEAD, 5.0)}
+    assert p1.step(6.0, cut, [Claim("w", "p0", 1)]).plans == []
+    # The heal: p2's claim arrives (through p0), p2 is still dead to p1.
+    d = p1.step(7.0, cut, [Claim("w", "p2", 2)])
+    assert [(t.reason, t.not_before) for t in d.plans] == [("owner_heard", 7.0 + CATCHUP)]
+    assert d.claims == [] and d.deadline == 7.0 + CATCHUP
+    assert p1.step(7.5, cut, [Claim("w", "p2", 2)]).claims == []
+    # Had p2 really died meanwhile, the wait is bounded: p1 takes it over after it.
+    d = p1.step(7.0 + CATCHUP, cut, [Claim("w", "p2", 2)])
+    assert [(t.workload, t.epoch) for t in d.claims] == [("w", 3)]
+
+
+def test_a_claim_seen_before_the_verdict_does_not_wait():
+    b = FailoverState("b", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0)
+    up = _members_at({"a": ALIVE, "b": ALIVE, "c": ALIVE})
+    b.step(0.0, up, [Claim("w", "c", 1)])
+    b.step(1.0, up, [Claim("w", "a", 2)])  # a took w over at 1.0, then died at 3.0
+    dead = {**up, "a": MemberView("a", DEAD, 3.0)}
+    d = b.step(3.0, dead, [Claim("w", "a", 2)])
+    assert [t.reason for t in d.plans] == ["caught_up"]
+    # Claims read at the first step (a restart) count as old too.
+    fresh = FailoverState("b", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0, stable="abc")
+    assert [t.reason for t in fresh.step(3.0, dead, [Claim("w", "a", 2)]).plans] == ["caught_up"]

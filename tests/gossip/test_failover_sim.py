@@ -29,7 +29,7 @@ WAKE = 0.005  # as mesh.failover._MIN_INTERVAL: a change is decided on this much
 class Mesh:
     """A simulator plus one failover state machine and ownership table view per node."""
 
-    def __init__(self, seed: int, n: int) -> None:
+    def __init__(self, seed: int, n: int, policy: FailoverPolicy | None = None) -> None:
         self.sim = Simulator(seed, wire=False)
         self.ids = [f"n{i}" for i in range(n)]
         for node in self.ids:
@@ -37,7 +37,7 @@ class Mesh:
         self.tables = {
             node: OwnershipTable(self.sim.replicas[node].doc(OWNERSHIP)) for node in self.ids
         }
-        policy = FailoverPolicy(stagger=0.25, catchup_timeout=2.0)
+        policy = policy or FailoverPolicy(stagger=0.25, catchup_timeout=2.0)
         self.states = {node: FailoverState(node, policy, settle=1.0) for node in self.ids}
         self.claims_made: list[tuple[float, str, str, int]] = []
         self.events: list[tuple[float, str, object]] = []
@@ -228,3 +228,26 @@ def test_a_node_that_cannot_send_never_takes_over_from_a_live_owner(seed):
     for n in mesh.ids:
         assert mesh.owners(n) == dict.fromkeys(sessions, ("n1", 1)), (seed, n)
     assert not any(isinstance(e, WorkloadFenced) for _, _, e in mesh.events), seed
+
+
+# Seeds where, before the claim of a member held dead counted as hearing from it, a
+# third (and fourth) epoch was claimed.
+@pytest.mark.parametrize("seed", [3, 9, 14, 16, 19])
+def test_availability_partition_heal_leaves_one_takeover_not_a_third_epoch(seed):
+    # The lone side n2 takes n0's session over (availability). On the heal its claim
+    # reached n1 through n0 while n2 was still dead in n1's view, and n1 claimed epoch 3.
+    policy = FailoverPolicy(split_brain="availability", stagger=0.25, catchup_timeout=2.0)
+    mesh = Mesh(seed, 3, policy)
+    sim = mesh.sim
+    mesh.start()
+    sim.run_until(0.5)
+    mesh.claim("n0", "session/busy", "n0", 1)
+    sim.run_until(3.0)
+    sim.partition(3.0, 8.0, [["n0", "n1"], ["n2"]])
+    # n1 and n2 meet again a little later: the claim reaches n1 through n0 first.
+    sim.cut_outbound(8.0, 9.0, "n1", to=["n2"])
+    sim.cut_outbound(8.0, 9.0, "n2", to=["n1"])
+    sim.run_until(20.0)
+    made = [(c[1], c[3]) for c in mesh.claims_made]
+    assert made == [("n2", 2)], (seed, mesh.claims_made)
+    assert all(mesh.owners(n) == {"session/busy": ("n2", 2)} for n in mesh.ids), seed
