@@ -111,12 +111,23 @@ class AgentCluster:
             mark,
         )
 
+    def _status(self, name: str) -> dict | None:
+        # AgentCluster.wait, not an override: a slow status reply is retried by `settle`
+        # until its own deadline, never fatal on its own.
+        mark = len(self.log)
+        self.peers[name].send("status")
+
+        def match(e: dict) -> bool:
+            return e["event"] == "status" and e["peer"] == name
+
+        return AgentCluster.wait(self, match, 5, "status", mark)
+
     def settle(self, names: list[str] | None = None, timeout: float = 40.0) -> bool:
         """Wait until every peer in `names` (all) sees them all alive and stable."""
         names = sorted(self.peers) if names is None else names
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = [self.ask(n, "status", "status", 5) for n in names]
+            got = [self._status(n) for n in names]
             if all(s and s["alive"] == names and s["stable"] == names for s in got):
                 return True
             time.sleep(0.2)

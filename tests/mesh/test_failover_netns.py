@@ -41,7 +41,8 @@ class Agents(AgentCluster):
     def settle(self, names: list[str], timeout: float = 30.0) -> bool:
         """Wait until every peer sees all `names` alive and has adopted them as stable."""
         if not super().settle(names, timeout):
-            raise AssertionError(f"membership did not settle on {names}")
+            last = {e["peer"]: (e["alive"], e["stable"]) for e in self.of("status")}
+            raise AssertionError(f"membership did not settle on {names}: {last}")
         return True
 
     def summary(self, name: str, session: str) -> dict:
