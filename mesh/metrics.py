@@ -260,6 +260,19 @@ class _WireCollector:
         frames[label] += 1
         nbytes_total[label] += nbytes
 
+    def envelope(
+        self,
+        frames: dict[str, int],
+        nbytes_total: dict[str, int],
+        counts: dict[str, int],
+        messages: Iterable[object],
+        nbytes: int,
+    ) -> None:
+        messages = tuple(messages)
+        self.frame(frames, nbytes_total, frame_type(messages), nbytes)
+        for msg in messages:
+            counts[MESSAGE_TYPES.get(type(msg), OTHER)] += 1
+
     def collect(self) -> Iterable[Metric]:
         for attr, name, label, doc in self._FAMILIES:
             family = CounterMetricFamily(name, doc, labels=[label])
@@ -349,19 +362,13 @@ class Metrics:
 
     def envelope_sent(self, messages: Iterable[object], nbytes: int) -> None:
         """A frame carrying `messages` was sent: counts the frame, its bytes and each message."""
-        messages = tuple(messages)
-        self.frame_sent(frame_type(messages), nbytes)
-        counts = self._wire.messages_sent
-        for msg in messages:
-            counts[MESSAGE_TYPES.get(type(msg), OTHER)] += 1
+        w = self._wire
+        w.envelope(w.frames_sent, w.bytes_sent, w.messages_sent, messages, nbytes)
 
     def envelope_received(self, messages: Iterable[object], nbytes: int) -> None:
         """An accepted frame carrying `messages` arrived: frame, bytes and each message."""
-        messages = tuple(messages)
-        self.frame_received(frame_type(messages), nbytes)
-        counts = self._wire.messages_received
-        for msg in messages:
-            counts[MESSAGE_TYPES.get(type(msg), OTHER)] += 1
+        w = self._wire
+        w.envelope(w.frames_received, w.bytes_received, w.messages_received, messages, nbytes)
 
     def refused(self, reason: str, count: int = 1) -> None:
         """`count` authenticated messages were dropped for `reason` (a `REFUSALS` entry)."""
