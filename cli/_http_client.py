@@ -10,6 +10,10 @@ what can go wrong into two exceptions the commands map to exit codes:
 
 The admin token is computed from the cluster key file (`mesh.auth.authorization`) and
 sent as the ``Authorization`` header; it is never printed.
+
+The flags that say which peer and how (`add_peer_arguments`: --http, --key-file, --json,
+--timeout), the client they describe (`peer_client`) and the way an action runs
+(`add_peer_action`, through `run_guarded`) are defined here once for every such command.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "Client",
     "HttpError",
     "Unreachable",
+    "add_actions",
     "add_peer_action",
     "add_peer_arguments",
     "admin_headers",
@@ -65,6 +70,18 @@ def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-file", metavar="FILE", help="cluster key file (admin token)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+
+def add_actions(
+    sub: argparse._SubParsersAction, name: str, help: str, doc: str | None
+) -> argparse._SubParsersAction:
+    """Add command `name` (described by the module `doc`) whose ACTION is required."""
+    parser = sub.add_parser(
+        name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    return actions
 
 
 def add_peer_action(

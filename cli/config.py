@@ -27,22 +27,14 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from cli._http_client import add_peer_action, peer_client
+from cli._http_client import add_actions, add_peer_action, peer_client
 
 PROG = "statemesh config"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `config` subcommand and its actions."""
-    p = sub.add_parser(
-        "config",
-        help="read or change the cluster configuration",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-
+    actions = add_actions(sub, "config", "read or change the cluster configuration", __doc__)
     s = add_peer_action(actions, "set", "set KEY to VALUE (admin token needed)", PROG, _set)
     s.add_argument("key", metavar="KEY")
     s.add_argument("value", metavar="VALUE", help="JSON if it parses, else a string")

@@ -29,7 +29,7 @@ import json
 import sys
 from urllib.parse import quote
 
-from cli._http_client import add_peer_action, peer_client
+from cli._http_client import add_actions, add_peer_action, peer_client
 from crdt_types.errors import LocalError
 from mesh.vault import MAX_VALUE_BYTES
 
@@ -38,15 +38,7 @@ PROG = "statemesh secret"
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `secret` subcommand and its actions."""
-    p = sub.add_parser(
-        "secret",
-        help="store or read secrets in the cluster vault",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = p.add_subparsers(dest="action", metavar="ACTION")
-    actions.required = True
-
+    actions = add_actions(sub, "secret", "store or read secrets in the cluster vault", __doc__)
     s = add_peer_action(actions, "set", "store NAME; the value is read from stdin", PROG, _set)
     s.add_argument("name", metavar="NAME")
     s.add_argument("--from-file", metavar="PATH", help="read the value from PATH, not stdin")
