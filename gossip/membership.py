@@ -34,9 +34,9 @@ The protocol (Das et al. SWIM, with Hashicorp's Lifeguard and memberlist's choic
 Bounded against authenticated peers (issue 8): a peer holding the cluster key could name
 30,000 made-up members in one frame. One envelope introduces at most `max_new_members`
 members we did not know (`begin_envelope` starts the count; `take` starts it too), and
-the table never holds more than `max_members` records: when it is full, the member that
-has been dead or left longest is reaped early to make room, and if every record is up
-the newcomer is dropped. A rumour with metadata over `max_meta_bytes` is refused.
+the table never holds more than `max_members` records: when it is full, the members that
+have been dead or left longest are reaped early to make room (a batch per scan), and if
+every record is up the newcomer is dropped. A rumour with metadata over `max_meta_bytes` is refused.
 Indirect probes run for others are capped at `max_forwards`, and one batch of output
 carries at most one full membership table to any address. Whatever a cap drops is
 counted in `refused`, by reason; nothing else changes.
@@ -91,6 +91,7 @@ from gossip.messages import (
 REFUSED_REASONS = ("envelope_cap", "table_full", "forwards", "sync_replies")
 # Precedence of states at an equal incarnation: a rumour overrides ours only if it ranks higher.
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
+_EVICT_BATCH = 64  # down members reaped early at once when the table is full
 _REAP_CHECK = 1.0  # seconds between reap sweeps: reaping is not time-critical
 # Rumours at or above this incarnation are refused: the wire carries at most 2**63-1, so a
 # member accused at the very top could never refute (and its refutation would not encode,
@@ -757,13 +758,16 @@ class Membership:
             self.refused["envelope_cap"] += 1
             return False
         if len(self.members) >= self.config.max_members:
-            # Make room with the member down longest (it would be reaped first anyway);
+            # Make room with the members down longest (they would be reaped first anyway);
             # members believed up are never evicted, so a flood cannot push out real peers.
-            oldest = min(self._down, key=lambda n: (self.members[n].since, n), default=None)
-            if oldest is None:
+            # A batch per scan: one scan per newcomer would make a flood quadratic.
+            members = self.members
+            oldest = heapq.nsmallest(_EVICT_BATCH, self._down, key=lambda n: (members[n].since, n))
+            if not oldest:
                 self.refused["table_full"] += 1
                 return False
-            self._forget(oldest)
+            for node in oldest:
+                self._forget(node)
         self._new_budget -= 1
         return True
 
