@@ -114,6 +114,9 @@ class DocUpdate:
     `origin` is the node that wrote it (replica acks go to it as well as to the sender);
     `state_vector` is the sender's state vector of the document after the update, so a
     receiver whose apply left structs pending (out-of-order Yrs) knows to re-request.
+    `reached`, set only on the origin's first copies, is a digest of the peers it pushed
+    them to when that was every peer it holds alive: a receiver with the same view need
+    not forward it (`gossip.replication`). Empty from older peers: they forward.
     """
 
     TYPE: ClassVar[int] = 20
@@ -121,6 +124,7 @@ class DocUpdate:
     update: bytes
     origin: str = ""
     state_vector: bytes = b""
+    reached: bytes = b""
 
 
 @message

@@ -14,9 +14,14 @@
   to arrive), to every peer that has not acked, at most `RETRANSMIT_SPREAD * fanout`
   per round. A forwarder pushes once, on first receipt, and retransmits only while the
   writer is not alive in its view. (It forwards even when the writer could have reached
-  every peer itself: views differ exactly while members come and go, and a failover
-  claim must not wait a round to reach the successor.) A duplicate is answered with a
-  replica ack, so its sender stops pushing it to us. A pure delete does not advance the
+  every peer itself, unless the writer says it did: views differ exactly while members
+  come and go, and a failover claim must not wait a round to reach the successor. A
+  writer whose fanout covers every peer it holds alive stamps its first copies with a
+  digest of that set, `DocUpdate.reached`; a receiver whose own view, with itself in
+  place of the writer, hashes the same does not forward, which saves one duplicate per
+  receiver per update, and owes those other receivers a replica ack instead, so peers
+  still learn one another's durable vectors, which failover ranks successors by.) A
+  duplicate is answered with a replica ack, so its sender stops pushing it to us. A pure delete does not advance the
   state vector, so for a delete-only update only direct evidence (the peer sent it to
   us) counts as holding it.
 * **Anti-entropy (push-pull).** Every `anti_entropy_interval` one random peer gets a
@@ -219,7 +224,11 @@ def _approx(value: object) -> int:
 # character in UTF-8, every field adds at most 9 bytes of msgpack header.
 _QUICK_SIZE = {
     DocUpdate: lambda x: (
-        64 + 4 * (len(x.doc_id) + len(x.origin)) + len(x.update) + len(x.state_vector)
+        64
+        + 4 * (len(x.doc_id) + len(x.origin))
+        + len(x.update)
+        + len(x.state_vector)
+        + len(x.reached)
     ),
     DocDiff: lambda x: 64 + 4 * len(x.doc_id) + len(x.data),
     Digest: lambda x: 48 + len(x.root),
@@ -301,6 +310,7 @@ class Replicator:
         self._outbox_bytes = 0
         self._budget_now: float | None = None
         self._budget_used: dict[str, int] = {}
+        self._views: dict[str, bytes] = {}  # origin -> digest of our view with us for it
         self._asked_at: tuple[float, str] | None = None  # (now, sender) of `_asked`
         self._asked: set[object] = set()  # requests of that sender answered at that instant
         self.rebuild()
@@ -335,7 +345,10 @@ class Replicator:
 
     def set_peers(self, peers: Iterable[str]) -> None:
         """Tell the replicator who is alive now (tick does this too)."""
-        self._peers = [p for p in peers if p != self.node_id]
+        peers = [p for p in peers if p != self.node_id]
+        if peers != self._peers:
+            self._views = {}
+        self._peers = peers
 
     def on_local_update(self, now: float, doc_id: str, update: bytes) -> list[Send]:
         """Spread an update already applied to the local replica; returns messages to send."""
@@ -362,7 +375,10 @@ class Replicator:
             self._rounds(),
             _has_structs(update),
         )
-        self._push(sends, rumour, targets)
+        # Every peer we hold alive gets a copy from us: say so, so that receivers with
+        # the same view do not forward copies that could only be duplicates.
+        reached = self._view_digest(self.node_id) if len(targets) == len(self._peers) else b""
+        self._push(sends, rumour, targets, reached)
         self._add_rumour(key, rumour)
         return self._shape(now, sends)
 
@@ -618,8 +634,19 @@ class Replicator:
             if _covers(clocks, rumour.clocks):
                 rumour.holders.add(peer)
 
-    def _push(self, sends: list[Send], rumour: _Rumour, targets: Iterable[str]) -> None:
-        msg = DocUpdate(rumour.doc_id, rumour.update, rumour.origin, rumour.state_vector)
+    def _view_digest(self, origin: str) -> bytes:
+        """Digest of the peers `origin` would push to if its view were ours (memoised)."""
+        digest = self._views.get(origin)
+        if digest is None:
+            nodes = {*self._peers, self.node_id}
+            nodes.discard(origin)
+            digest = self._views[origin] = _peer_set_digest(nodes) if nodes else b""
+        return digest
+
+    def _push(
+        self, sends: list[Send], rumour: _Rumour, targets: Iterable[str], reached: bytes = b""
+    ) -> None:
+        msg = DocUpdate(rumour.doc_id, rumour.update, rumour.origin, rumour.state_vector, reached)
         for peer in targets:
             sends.append((peer, msg))
             self.stats.rumours_sent += 1
@@ -668,9 +695,16 @@ class Replicator:
             self._rounds(),
             _has_structs(msg.update),
         )
-        self._push(sends, rumour, self._pick(self.config.fanout, rumour.holders))
+        owed: Iterable[str] = (sender, origin)
+        if msg.reached and sender == origin and msg.reached == self._view_digest(origin):
+            # The writer pushed it to every peer we know of: a copy from us would be a
+            # duplicate. Those peers are owed our durable vector all the same (acks
+            # of duplicates were how they learnt it, and failover ranks by it).
+            owed = (sender, *self._peers)
+        else:
+            self._push(sends, rumour, self._pick(self.config.fanout, rumour.holders))
         self._add_rumour(key, rumour)
-        self._want_ack(msg.doc_id, (sender, origin))
+        self._want_ack(msg.doc_id, owed)
         if msg.state_vector:
             # Raises RemoteError on a vector that does not decode (after the update,
             # which was fine, was applied and spread: nothing valid is lost).
@@ -1018,6 +1052,15 @@ class Replicator:
 def _update_key(doc_id: str, update: bytes) -> bytes:
     raw = doc_id.encode("utf-8")
     return blake3.blake3(b"".join((len(raw).to_bytes(4, "big"), raw, update))).digest(16)
+
+
+def _peer_set_digest(nodes: Iterable[str]) -> bytes:
+    """8 bytes naming a set of node ids, the same on every peer whatever the order."""
+    h = blake3.blake3(b"statemesh/peer-set/v1\x00")
+    for node in sorted(nodes):
+        raw = node.encode("utf-8", "surrogatepass")
+        h.update(len(raw).to_bytes(4, "big") + raw)
+    return h.digest(8)
 
 
 def _has_structs(update: bytes) -> bool:

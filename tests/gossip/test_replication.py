@@ -1140,3 +1140,96 @@ def test_replicas_covering_accepts_equal_and_larger_vectors_only():
     ra.receive(0.0, "c", m.ReplicaAck((("d", sv2),)))
     assert first and ra.replicas_covering("d", sv1) == ["b", "c"]
     assert ra.replicas_covering("d", sv2) == ["c"]
+
+
+# --- the writer's "reached every peer" stamp ---------------------------------------------
+
+
+def test_receivers_sharing_the_writers_view_do_not_forward_but_ack_one_another():
+    net = Net(3, seed=80, config=ReplicationConfig(anti_entropy_interval=1e9))
+    writer, b, c = net.ids
+    update = write(net.replicas[writer], "doc", _hello)
+    first = net.nodes[writer].on_local_update(0.0, "doc", update)
+    assert {d for d, _ in _doc_updates(first)} == {b, c}
+    assert all(x.reached for _, x in _doc_updates(first))  # fanout 3 covers both peers
+    for receiver in (b, c):
+        sends, events = net.nodes[receiver].receive(
+            0.0, writer, _doc_updates(first, receiver)[0][1]
+        )
+        assert events == [DocumentUpdated("doc", writer)]
+        assert _doc_updates(sends) == [], f"{receiver} forwarded a copy every peer has"
+    # Instead each receiver owes the other its durable vector (failover ranks by it).
+    for receiver, other in ((b, c), (c, b)):
+        sends = net.nodes[receiver].tick(0.1, net.ids)
+        assert _doc_updates(sends) == []
+        acks = [x for d, x in sends if d == other and isinstance(x, m.ReplicaAck)]
+        assert len(acks) == 1 and acks[0].entries[0][0] == "doc"
+        net.nodes[other].receive(0.1, receiver, acks[0])
+        sv = net.replicas[receiver].state_vector("doc")
+        assert net.nodes[other].peer_durable(receiver, "doc") == sv
+    assert sum(r.stats.duplicates for r in net.nodes.values()) == 0
+
+
+def test_a_receiver_knowing_a_peer_the_writer_did_not_reach_forwards_to_it():
+    a = MemoryReplica()
+    ra = Replicator("a", a, random.Random(81), ReplicationConfig(fanout=3))
+    rb = Replicator("b", MemoryReplica(), random.Random(82), ReplicationConfig(fanout=3))
+    ra.set_peers(["b", "c"])
+    rb.set_peers(["a", "c", "d"])  # b already knows d; the writer does not yet
+    (_, to_b), _ = _doc_updates(ra.on_local_update(0.0, "doc", write(a, "doc", _hello)))
+    assert to_b.reached
+    sends, _ = rb.receive(0.0, "a", to_b)
+    assert {d for d, _ in _doc_updates(sends)} == {"c", "d"}
+    assert all(x.reached == b"" for _, x in _doc_updates(sends))  # only the writer stamps
+
+
+def test_the_stamp_is_left_off_when_the_fanout_does_not_cover_every_peer():
+    a = MemoryReplica()
+    ra = Replicator("a", a, random.Random(83), ReplicationConfig(fanout=2))
+    peers = ["b", "c", "d", "e"]
+    ra.set_peers(peers)
+    sends = ra.on_local_update(0.0, "doc", write(a, "doc", _hello))
+    assert len(_doc_updates(sends)) == 2
+    assert all(x.reached == b"" for _, x in _doc_updates(sends))
+    # Nor do retransmissions carry it: they go to a subset, maybe to a peer that missed
+    # the first copy, which must then forward as before.
+    _first_tick(ra, peers)
+    again = _doc_updates(ra.tick(0.2, peers))
+    assert again and all(x.reached == b"" for _, x in again)
+
+
+def test_a_stamp_naming_another_view_is_forwarded_as_before():
+    a = MemoryReplica()
+    rb = Replicator("b", MemoryReplica(), random.Random(84), ReplicationConfig(fanout=3))
+    rb.set_peers(["a", "c"])
+    update = write(a, "doc", _hello)
+    stamp = b"\x00" * 8  # the digest of some other set of peers
+    sends, _ = rb.receive(0.0, "a", m.DocUpdate("doc", update, "a", a.state_vector("doc"), stamp))
+    assert {d for d, _ in _doc_updates(sends)} == {"c"}
+    # Relayed by someone else (not its origin): forwarded too, whatever it says.
+    msg2 = m.DocUpdate("doc2", write(a, "doc2", _hello), "a", a.state_vector("doc2"), stamp)
+    sends, _ = rb.receive(0.0, "c", msg2)
+    assert {d for d, _ in _doc_updates(sends)} == set()  # holders: c sent it, a wrote it
+
+
+@pytest.mark.parametrize("seed", [85, 86, 87])
+def test_three_agreeing_peers_exchange_no_duplicates_and_learn_every_durable_vector(seed):
+    net = Net(3, seed=seed, config=ReplicationConfig(anti_entropy_interval=1e9))
+    for i in range(12):
+        net.local(f"n{i % 3}", f"doc{i % 4}", lambda d, i=i: text(d).insert(0, str(i)))
+        net.deliver()
+        net.now += 0.2
+        for n in net.ids:
+            net.post(n, net.nodes[n].tick(net.now, net.ids))
+        net.deliver()
+    assert sum(r.stats.duplicates for r in net.nodes.values()) == 0, f"seed {seed}"
+    assert net.converged(), f"seed {seed}"
+    for k in range(4):
+        doc, last_writer = f"doc{k}", f"n{(k + 8) % 3}"
+        for me in net.ids:
+            # Every peer that received the last write told every other peer it holds it
+            # (its writer acks nobody for its own write, now as before).
+            for other in net.ids:
+                if other not in (me, last_writer):
+                    sv = net.replicas[other].state_vector(doc)
+                    assert net.nodes[me].peer_durable(other, doc) == sv, (seed, me, other, doc)
