@@ -231,6 +231,8 @@ _QUICK_SIZE = {
         + len(x.reached)
     ),
     DocDiff: lambda x: 64 + 4 * len(x.doc_id) + len(x.data),
+    # Many entries per ack (one per document of a group commit): (str, bytes) pairs.
+    ReplicaAck: lambda x: 16 + sum(24 + 4 * len(d) + len(sv) for d, sv in x.entries),
     Digest: lambda x: 48 + len(x.root),
 }
 
@@ -311,6 +313,7 @@ class Replicator:
         self._budget_now: float | None = None
         self._budget_used: dict[str, int] = {}
         self._views: dict[str, bytes] = {}  # origin -> digest of our view with us for it
+        self._rounds_for = (0, 0)  # (cluster size, rumour rounds) last computed
         self._asked_at: tuple[float, str] | None = None  # (now, sender) of `_asked`
         self._asked: set[object] = set()  # requests of that sender answered at that instant
         self.rebuild()
@@ -571,7 +574,10 @@ class Replicator:
 
     def _rounds(self) -> int:
         n = len(self._peers) + 1
-        return max(1, self.config.retransmit_mult * math.ceil(math.log10(n + 1)))
+        if self._rounds_for[0] != n:
+            rounds = max(1, self.config.retransmit_mult * math.ceil(math.log10(n + 1)))
+            self._rounds_for = (n, rounds)
+        return self._rounds_for[1]
 
     def _pick(self, k: int, exclude: Iterable[str]) -> list[str]:
         excluded = set(exclude)
@@ -623,16 +629,25 @@ class Replicator:
         if not keys or not sv or sv == EMPTY_STATE_VECTOR:
             return
         clocks = None
+        done: list[bytes] = []
         for key in keys:
             rumour = self._rumours.get(key)
             if rumour is None or not rumour.by_vector or peer in rumour.holders:
                 continue
-            if clocks is None:
-                clocks = self._clocks(sv)
-            if rumour.clocks is None:
-                rumour.clocks = self._clocks(rumour.state_vector)
-            if _covers(clocks, rumour.clocks):
-                rumour.holders.add(peer)
+            # Usually the peer reports exactly the vector the rumour left us with.
+            if sv != rumour.state_vector:
+                if clocks is None:
+                    clocks = self._clocks(sv)
+                if rumour.clocks is None:
+                    rumour.clocks = self._clocks(rumour.state_vector)
+                if not _covers(clocks, rumour.clocks):
+                    continue
+            holders = rumour.holders
+            holders.add(peer)
+            if len(holders) >= len(self._peers) and all(p in holders for p in self._peers):
+                done.append(key)  # every peer holds it: nothing left to push (as in tick)
+        for key in done:
+            self._drop_rumour(key)
 
     def _view_digest(self, origin: str) -> bytes:
         """Digest of the peers `origin` would push to if its view were ours (memoised)."""

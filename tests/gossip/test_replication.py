@@ -521,6 +521,8 @@ def test_approx_size_bounds_the_encoded_size():
         m.DocVectors(7, (1, 2, 3), (("d", b"\x00", b"f" * 32, b"\x00"),) * 50, True),
         m.DigestBuckets(7, (b"h" * 16,) * 256, True),
         m.ReplicaAck((("d", b"\x01\x05\x06"),) * 20),
+        m.DocUpdate("d", b"u" * 300, "origin", b"\x01\x02\x03", b"r" * 8),
+        m.ReplicaAck((("séance/\u00e9\U0001f600", b"\x01\x05\x06" * 9),) * 20),
     ]
     for msg in msgs:
         assert approx_size(msg) >= len(wire_bytes("a", msg)) - 32, msg
@@ -1233,3 +1235,17 @@ def test_three_agreeing_peers_exchange_no_duplicates_and_learn_every_durable_vec
                 if other not in (me, last_writer):
                     sv = net.replicas[other].state_vector(doc)
                     assert net.nodes[me].peer_durable(other, doc) == sv, (seed, me, other, doc)
+
+
+def test_a_rumour_every_peer_acked_ends_at_once_without_waiting_for_a_tick():
+    a = MemoryReplica()
+    ra = Replicator("a", a, random.Random(88), ReplicationConfig(anti_entropy_interval=1e9))
+    ra.set_peers(["b", "c"])
+    ra.on_local_update(0.0, "d", write(a, "d", _hello))
+    write(a, "d", lambda d: text(d).insert(0, ">"))  # a second rumour of the same document
+    ra.on_local_update(0.0, "d", write(a, "d", lambda d: text(d).insert(0, "!")))
+    assert ra.pending_rumours == 2
+    _acked_by(ra, "b", a, "d")
+    assert ra.pending_rumours == 2  # c still lacks both
+    _acked_by(ra, "c", a, "d")  # c's vector covers both rumours
+    assert ra.pending_rumours == 0
