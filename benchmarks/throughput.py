@@ -22,7 +22,8 @@ durable vector covering it), `all` (every live member did). Per level: `ops_per_
 (commits over the phase's wall time), the latency of write+commit (`p50_ms`,
 `p99_ms`), and `cpu_ms_per_commit`: the CPU time of all three peers' processes during
 the phase over its commits (with one process, that process's CPU time; the raw phases
-and start-up are outside it), which is what a commit costs whatever the core count.
+and start-up are outside it), which is what a commit costs whatever the core count, and
+`cpu_ms_per_commit_by_process` (the writer's process first).
 
 Baselines, same run, same machine: `raw_write_ops_per_s` is the same writes made by
 pycrdt alone (one transaction each, the update captured by an observer, as the runtime
@@ -83,7 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--processes",
         type=int,
         default=3,
-        choices=(1, 3),
         help="3: one OS process per peer (default); 1: all three peers in this process",
     )
     add_plot_argument(parser, "ops/s per commit level next to raw pycrdt rates")
@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> dict:
             raise usage(SUITE, f"--{name.replace('_', '-')} must be at least 1")
     if not args.timeout > 0:
         raise usage(SUITE, "--timeout must be positive")
+    if args.processes not in (1, 3):
+        raise usage(SUITE, "--processes must be 1 (one process) or 3 (one per peer)")
     if args.dir is not None and not Path(args.dir).is_dir():
         raise usage(SUITE, f"--dir {args.dir!r} is not a directory")
     plot = check_plot_path(SUITE, args.plot)
@@ -289,13 +291,11 @@ async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, dict
     return levels, traffic
 
 
-async def _cpu(peers) -> float:
-    """CPU seconds used so far by every process running a peer (this one counted once)."""
-    total = time.process_time()
-    for p in peers:
-        if isinstance(p, _Child):
-            total += (await p.counters())["cpu_s"]
-    return total
+async def _cpu(peers) -> list[float]:
+    """CPU seconds used so far by each process running a peer, this one first."""
+    return [time.process_time()] + [
+        (await p.counters())["cpu_s"] for p in peers if isinstance(p, _Child)
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -361,7 +361,7 @@ async def _level(mesh, peers, level: str, args: argparse.Namespace) -> dict:
         elapsed = time.perf_counter() - start
         # Replication of the last commits may still be running on the other peers; it
         # is part of what these commits cost, but not of what the next level costs.
-        cpu = await _cpu(peers) - cpu
+        cpu = [b - a for a, b in zip(cpu, await _cpu(peers), strict=True)]
     # Every session of this level on every peer before the next level starts.
     async with trio.open_nursery() as nursery:
         for s in sessions:
@@ -371,7 +371,9 @@ async def _level(mesh, peers, level: str, args: argparse.Namespace) -> dict:
         "ops_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
-        "cpu_ms_per_commit": round(cpu * 1000 / len(latencies), 3),
+        "cpu_ms_per_commit": round(sum(cpu) * 1000 / len(latencies), 3),
+        # With one process per peer: the writer's share first, then each other peer's.
+        "cpu_ms_per_commit_by_process": [round(c * 1000 / len(latencies), 3) for c in cpu],
     }
 
 

@@ -8,6 +8,7 @@ it says, the scratch data is removed and the plot is a PNG.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,46 @@ def test_throughput_commits_at_every_level_and_reports_raw_rates(
         result["levels"]["replicas=1"]["ops_per_s"] / result["raw_write_ops_per_s"], rel=0.02
     )
     assert result["writers"] == 6 and result["ops_per_level"] == 60
-    assert result["sealed"] is True and result["peers"] == 3
+    assert result["sealed"] is True and result["peers"] == 3 and result["processes"] == 3
+    for level, figures in result["levels"].items():
+        # The writer's process and each child's: CPU was spent in all three.
+        shares = figures["cpu_ms_per_commit_by_process"]
+        assert len(shares) == 3 and all(x > 0 for x in shares), (level, shares)
+        assert figures["cpu_ms_per_commit"] == pytest.approx(sum(shares), abs=0.01), level
     assert list(scratch.iterdir()) == []  # every node's data directory removed
+    assert _children() == []  # the peer processes left with the benchmark
     data = plot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def _children() -> list[int]:
+    """Pids of this process's live benchmark peers (read from /proc: no extra dependency)."""
+    me, out = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # exited while we looked
+            # The command name may hold spaces and parentheses: fields follow the last ")".
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == me and fields[0] != "Z" and b"benchmarks.throughput" in cmdline:
+                out.append(int(entry.name))
+    return out
+
+
+def test_throughput_in_one_process_reports_the_same_fields(tmp_path: Path, capsys) -> None:
+    argv = ["bench", "throughput", *TINY, "--processes", "1", "--dir", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["processes"] == 1 and _children() == []
+    for level, figures in result["levels"].items():
+        assert figures["ops_per_s"] > 0 and figures["cpu_ms_per_commit"] > 0, level
+        assert len(figures["cpu_ms_per_commit_by_process"]) == 1, level
+    # Every peer needs one copy of each update; three peers in agreement forward none.
+    assert result["updates_received_per_commit"] >= 2
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -53,6 +90,7 @@ def test_throughput_commits_at_every_level_and_reports_raw_rates(
         (["--raw-ops", "0"], "--raw-ops must be at least 1"),
         (["--timeout", "0"], "--timeout must be positive"),
         (["--retransmit-mult", "0"], "--retransmit-mult must be at least 1"),
+        (["--processes", "2"], "--processes must be 1 (one process) or 3"),
         (["--dir", "/nonexistent-dir"], "is not a directory"),
         (["--plot", "tp"], "must end in .png"),
     ],
