@@ -89,9 +89,16 @@ def _int_conv(path: str) -> _Conv:
     return enc, dec
 
 
+_SURELY_SHORT = MAX_STR_BYTES // 4  # at most 4 bytes a character in UTF-8
+
+
 def _str_too_long(v: str) -> bool:
-    # Most strings are short ASCII: decide those without encoding them.
-    if len(v) > MAX_STR_BYTES:
+    # Most strings are short (ids, addresses): decide those with one comparison, the
+    # rest without encoding them unless they are not ASCII.
+    n = len(v)
+    if n <= _SURELY_SHORT:
+        return False
+    if n > MAX_STR_BYTES:
         return True
     return not v.isascii() and len(v.encode("utf-8", "surrogatepass")) > MAX_STR_BYTES
 

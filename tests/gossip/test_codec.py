@@ -313,6 +313,10 @@ def test_string_too_long() -> None:
     # Multi-byte characters count by their UTF-8 size.
     too_long = "é" * (MAX_STR_BYTES // 2 + 1)
     assert reason(env_wire([Ping.TYPE, 1, too_long])) == "type"
+    # Four-byte characters: exactly the limit passes, one more character does not.
+    widest = "\U0001f600" * (MAX_STR_BYTES // 4)
+    assert decode_envelope(env_wire([Ping.TYPE, 1, widest])).messages[0].target == widest
+    assert reason(env_wire([Ping.TYPE, 1, widest + "\U0001f600"])) == "type"
 
 
 def test_fixed_tuple_of_wrong_length() -> None:
