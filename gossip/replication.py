@@ -1037,7 +1037,10 @@ class Replicator:
                 raise RemoteError(f"{sender} sent a replica ack entry of {len(entry)} fields")
             doc_id, sv = entry
             check_remote_doc_id(doc_id)
-            self._clocks(sv, sender)
+            if sv != self.replica.state_vector(doc_id):
+                # Usually a peer acks exactly what we hold, bytes we made: valid. Anything
+                # else must decode before it is kept (commits decode it later).
+                self._clocks(sv, sender)
             checked.append((doc_id, sv))
         for doc_id, sv in checked:
             self._record_durable(sender, doc_id, sv, events)
