@@ -189,9 +189,10 @@ def test_partition_with_the_availability_policy_both_sides_act_then_one_owner(ag
     )
     views = agents.converged(NAMES, "busy")
     winner = views[0]["owner"]  # the one owner every peer agrees on (converged above)
-    # Usually p2: its availability claim (epoch 2) beats p0's epoch 1. p1 may also claim
-    # (epoch 3) when p2's claim reaches it through p0 before p2 is alive again in its own
-    # view: a needless extra takeover (open in the chaos issue), but still one owner, at
+    # Usually p2: its availability claim (epoch 2) beats p0's epoch 1. A claim by a member
+    # p1 still holds dead now counts as a sign of life (gossip.failover holds it for
+    # catchup_timeout), which removed the extra epoch-3 claim in the simulator; on real
+    # hosts the timing can still differ, so what is asserted is the promise: one owner, at
     # the highest epoch, and every other claimant fenced.
     for loser in sorted({"p0", "p2"} - {winner}):
         wrote = agents.ask(loser, "write busy late 0", "wrote")
