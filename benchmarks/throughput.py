@@ -29,8 +29,11 @@ Baselines, same run, same machine: `raw_write_ops_per_s` is the same writes made
 pycrdt alone (one transaction each, the update captured by an observer, as the runtime
 captures it; nothing persisted or sent), `raw_apply_ops_per_s` the rate at which
 another document integrates those updates; both are measured before and after the mesh
-phases and averaged. `ratio_replicated_vs_raw` is `replicas=1`
-ops/s over raw write ops/s.
+phases and averaged. `ratio_replicated_vs_raw` is `replicas=1` ops/s over raw write
+ops/s. `floor_cpu_us_per_commit` is the CPU cost of the work a replicated commit cannot
+avoid, timed in a plain loop with no event loop and no protocol (see `_floor`), and
+`ratio_floor_vs_raw` the ratio a commit costing only that would reach on one core: the
+ceiling of this design in Python on this machine.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     before = _raw(args.raw_ops, args.writers)
     with tempfile.TemporaryDirectory(prefix="statemesh-throughput-", dir=args.dir) as scratch:
         levels, traffic = trio.run(_mesh_phases, Path(scratch), args)
+        floor_us = _floor(Path(scratch), args.raw_ops, args.writers)
     after = _raw(args.raw_ops, args.writers)
     raw_write = (before[0] + after[0]) / 2
     raw_apply = (before[1] + after[1]) / 2
@@ -116,6 +120,9 @@ def run(args: argparse.Namespace) -> dict:
         "raw_write_ops_per_s": round(raw_write, 1),
         "raw_apply_ops_per_s": round(raw_apply, 1),
         "ratio_replicated_vs_raw": float(f"{replicated / raw_write:.4g}"),
+        "floor_cpu_us_per_commit": round(floor_us, 2),
+        # The ratio a replicated commit could reach on one core if it cost only its floor.
+        "ratio_floor_vs_raw": float(f"{1e6 / floor_us / raw_write:.4g}"),
         "writers": args.writers,
         "ops_per_level": args.ops // args.writers * args.writers,
         "peers": 3,
@@ -181,6 +188,66 @@ def _raw(ops: int, writers: int) -> tuple[float, float]:
         apply_s = time.perf_counter() - start
     n = per * writers
     return n / write_s, n / apply_s
+
+
+# --- the floor: what a replicated commit cannot avoid -------------------------------------
+
+
+def _floor(root: Path, ops: int, writers: int) -> float:
+    """CPU µs per commit of the unavoidable work of a replicated commit, with no runtime.
+
+    One pycrdt write and its captured update, three state-vector encodings (commit
+    target, rumour, ack), two applies (the other peers), three SQLite appends in group
+    commits of `writers` (WAL, synchronous=FULL, a blake3 checksum per record, as
+    `mesh.storage`), two dedup hashes, each update msgpack-encoded and decoded twice in
+    envelopes of `writers` messages, sealed and opened once per envelope.
+    """
+    import sqlite3
+
+    import blake3
+    import msgpack
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    per = max(1, min(ops, 20_000) // writers)
+    docs = [_doc() for _ in range(writers)]
+    peers = [[pycrdt.Doc() for _ in range(writers)] for _ in range(2)]
+    aead = ChaCha20Poly1305(secrets.token_bytes(32))
+    nonce = bytes(12)
+    db = sqlite3.connect(root / "floor.sqlite", isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, doc TEXT, data BLOB, sum BLOB)")
+        with phase(SUITE, "floor of a replicated commit", per) as bar:
+            cpu = time.process_time()
+            for i in range(per):
+                batch = []
+                for k, (doc, memory, box) in enumerate(docs):
+                    with doc.transaction():
+                        memory[f"k{i % 16}"] = i
+                    update = box[-1]
+                    for _ in range(3):
+                        doc.get_state()
+                    for replicas in peers:
+                        replicas[k].apply_update(update)
+                    batch.append(["session/floor", update, "w0", b""])
+                for _ in range(3):
+                    db.execute("BEGIN")
+                    db.executemany(
+                        "INSERT INTO log (doc, data, sum) VALUES (?, ?, ?)",
+                        [(d, u, blake3.blake3(u).digest(16)) for d, u, _, _ in batch],
+                    )
+                    db.execute("COMMIT")
+                for _ in range(2):
+                    for d, u, _, _ in batch:
+                        blake3.blake3(d.encode() + u).digest(16)
+                    frame = aead.encrypt(nonce, msgpack.packb([1, "w0", batch]), b"")
+                    msgpack.unpackb(aead.decrypt(nonce, frame, b""))
+                bar.advance()
+            cpu = time.process_time() - cpu
+    finally:
+        db.close()
+    return cpu * 1e6 / (per * writers)
 
 
 # --- the mesh -----------------------------------------------------------------------------

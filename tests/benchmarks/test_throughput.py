@@ -36,6 +36,13 @@ def test_throughput_commits_at_every_level_and_reports_raw_rates(
         assert figures["p99_ms"] >= figures["p50_ms"], level
     for field in ("raw_write_ops_per_s", "raw_apply_ops_per_s", "ratio_replicated_vs_raw"):
         assert isinstance(result[field], float) and result[field] > 0, field
+    # The floor leaves out the runtime and the protocol: it cannot cost more than the
+    # full commits did (CPU, not wall time: a comparison of work, not of speed).
+    floor = result["floor_cpu_us_per_commit"]
+    assert 0 < floor < 1000 * result["levels"]["replicas=1"]["cpu_ms_per_commit"]
+    assert result["ratio_floor_vs_raw"] == pytest.approx(
+        1e6 / floor / result["raw_write_ops_per_s"], rel=0.02
+    )
     assert result["ratio_replicated_vs_raw"] == pytest.approx(
         result["levels"]["replicas=1"]["ops_per_s"] / result["raw_write_ops_per_s"], rel=0.02
     )
