@@ -26,6 +26,7 @@ __all__ = [
     "bar_plot",
     "check_plot_path",
     "line_plot",
+    "plot_path_problem",
     "usage",
 ]
 
@@ -54,15 +55,23 @@ def check_plot_path(suite: str, path: str | None) -> Path | None:
     """Validate `--plot` before measuring: a .png in an existing directory, else exit 2."""
     if path is None:
         return None
+    problem = plot_path_problem(path)
+    if problem is not None:
+        raise usage(suite, problem)
+    return Path(path)
+
+
+def plot_path_problem(path: str) -> str | None:
+    """What is wrong with `path` as a `--plot` file (one line), or None if it will do."""
     p = Path(path)
     if p.suffix.lower() != ".png":
-        raise usage(suite, f"--plot {path!r}: the file name must end in .png")
+        return f"--plot {path!r}: the file name must end in .png"
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise usage(suite, f"--plot {path!r}: directory {str(parent)!r} does not exist")
+        return f"--plot {path!r}: directory {str(parent)!r} does not exist"
     if p.is_dir():
-        raise usage(suite, f"--plot {path!r} is a directory")
-    return p
+        return f"--plot {path!r} is a directory"
+    return None
 
 
 def _pyplot():
