@@ -13,6 +13,9 @@ Then it heals everything, waits (bounded) for convergence and checks the history
   split_brain_after_heal  sessions without exactly one owner at the highest epoch
   false_takeovers         takeovers of an owner that was alive and reachable by a majority
 
+`--plot FILE.png` draws the campaign as a timeline: one row per host with every fault,
+takeover (with its RTO) and fencing, and acknowledged writes per second by commit level.
+
 Exit 0 when all hold, 1 when one fails (the seed and the fault schedule are printed so
 `--seed S` or `--schedule FILE` replays it), 2 on usage or environment errors.
 """
@@ -52,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--keep", metavar="DIR", help="copy agent logs and the timeline here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="FILE.png", help="draw faults, takeovers and write rates here")
     p.set_defaults(func=run)
 
 
@@ -74,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--max-faults must be in 1..10000, got {args.max_faults}")
     if not 1 <= args.converge_timeout <= 3600:
         return _fail(f"--converge-timeout must be in 1..3600, got {args.converge_timeout}")
+    if args.plot is not None:
+        from benchmarks._plot import plot_path_problem
+
+        # Checked before anything is built: a typo must not cost a campaign.
+        problem = plot_path_problem(args.plot)
+        if problem is not None:
+            return _fail(problem)
     schedule = None
     seed = args.seed
     if args.schedule:
@@ -118,14 +129,23 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         _ticker_done()
     _print(result, as_json=args.json)
+    code = 0
     if not result["ok"]:
         print(
             f"[chaos] FAILED with seed {seed}; replay: statemesh chaos --hosts {args.hosts} "
             f"--minutes {args.minutes:g} --seed {seed}  (schedule: {json.dumps(result['schedule'])})",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        code = 1
+    if args.plot is not None:
+        # After the result is printed, so a plot that cannot be written loses nothing else.
+        try:
+            campaign.plot(Path(args.plot), result)
+            print(f"[chaos] plot: {args.plot}", file=sys.stderr)
+        except (OSError, ValueError) as exc:
+            print(f"statemesh chaos: error: --plot {args.plot}: {exc}", file=sys.stderr)
+            code = code or 2
+    return code
 
 
 def _interrupt(signum: int, frame: Any) -> None:

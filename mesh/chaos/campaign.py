@@ -7,7 +7,9 @@ applies the fault schedule, one fault at a time, recording the real time each fa
 began and healed. At the end it heals everything (rules flushed, frozen processes
 continued, dead ones restarted, the full disk emptied), halts the writers, waits
 (bounded) until every replica agrees, collects every replica's final state and hands
-the history to `mesh.chaos.checker.check`.
+the history to `mesh.chaos.checker.check`. The same history (fault spans, takeovers,
+fencings, acknowledgements) is what `plot()` draws, so the picture and the verdict can
+never disagree about what happened.
 
 Host `disk_host`'s data directory is a small tmpfs, so "disk full" is real: a filler file
 takes the rest of it for the fault's duration.
@@ -38,7 +40,16 @@ from typing import Any
 from crdt_types.errors import LocalError
 from gossip.keyring import write_key_file
 from mesh.agent_process import pump, read_events
-from mesh.chaos.checker import Ack, FaultWindow, OwnerChange, Replica, Verdict, check
+from mesh.chaos.checker import (
+    Ack,
+    FaultSpan,
+    FaultWindow,
+    Fencing,
+    OwnerChange,
+    Replica,
+    Verdict,
+    check,
+)
 from mesh.chaos.schedule import FAULT_KINDS, Fault, dump_schedule, impaired, plan
 from mesh.hosts import HostNetwork, available, cleanup_stale
 
@@ -169,9 +180,11 @@ class Campaign:
         self.acks: list[Ack] = []
         self.changes: list[OwnerChange] = []
         self.windows: list[FaultWindow] = []
+        self.spans: list[FaultSpan] = []
+        self.fencings: list[Fencing] = []
         self.counts: dict[str, int] = {}
         self.unacked = 0
-        self.fenced = 0
+        self.verdict: Verdict | None = None
         self.agents: list[Agent] = []
         self.net: HostNetwork | None = None
         self.root: Path | None = None
@@ -202,7 +215,9 @@ class Campaign:
                 OwnerChange(ev["session"], name, ev["epoch"], ev["previous"], ev["t"])
             )
         elif kind == "fenced":
-            self.fenced += 1
+            self.fencings.append(
+                Fencing(name, ev["session"], ev.get("owner"), ev.get("epoch", 0), ev["t"])
+            )
         elif kind == "dump":
             self._dumps[name] = ev["sessions"]
         elif kind == "halted":
@@ -349,6 +364,8 @@ class Campaign:
             healed = time.monotonic()
             for h in impaired(fault, self.n):
                 self.windows.append(FaultWindow(f"p{h}", fault.kind, start, healed))
+            nodes = tuple(f"p{h}" for h in fault.hosts)
+            self.spans.append(FaultSpan(fault.kind, nodes, start, healed, _detail(fault)))
         self._pump_ticking(t0, end)
 
     def _pump_ticking(self, t0: float, until: float) -> bool:
@@ -429,7 +446,9 @@ class Campaign:
             self._say(f"{'converged' if agreed else 'NOT converged'} after {took:.1f} s")
             replicas = self._final()
             survivors = sorted(self._dumps)
-            verdict = check(self.acks, self.changes, self.windows, replicas, survivors)
+            verdict = self.verdict = check(
+                self.acks, self.changes, self.windows, replicas, survivors
+            )
             return self._result(verdict, agreed, took, survivors)
         finally:
             self.close()
@@ -451,7 +470,7 @@ class Campaign:
             "split_brain_after_heal": v.split_brain_after_heal,
             "false_takeovers": v.false_takeovers,
             "takeovers": len(self.changes),
-            "fenced": self.fenced,
+            "fenced": len(self.fencings),
             "max_rto_ms": v.max_rto_ms,
         }
         result["ok"] = bool(v.ok and result["converged"])
@@ -472,6 +491,28 @@ class Campaign:
             }
             result["schedule"] = json.loads(self.schedule_json())
         return result
+
+    def plot(self, path: Path, result: dict[str, Any]) -> Any:
+        """Draw the recorded history as a timeline PNG at `path` (after `run()`)."""
+        from mesh.chaos.plot import draw_campaign, verdict_text
+
+        title = (
+            f"statemesh chaos: seed {self.seed}, {self.n} hosts, {self.seconds / 60.0:g} min: "
+            f"{verdict_text(result)}"
+        )
+        return draw_campaign(
+            path,
+            nodes=[f"p{i}" for i in range(self.n)],
+            t0=self.t0,
+            seconds=self.seconds,
+            spans=self.spans,
+            windows=self.windows,
+            changes=self.changes,
+            fencings=self.fencings,
+            acks=self.acks,
+            false=self.verdict.false if self.verdict is not None else (),
+            title=title,
+        )
 
     def schedule_json(self) -> str:
         """The schedule of this run as replayable JSON (`--schedule FILE`)."""
@@ -511,3 +552,13 @@ def _digest(sessions: dict[str, Any]) -> str:
         {s: [v["owner"], v["epoch"], v["fingerprint"]] for s, v in sessions.items()},
         sort_keys=True,
     )
+
+
+def _detail(fault: Fault) -> str:
+    """A short label for a span: who is cut from whom, or how much is lost."""
+    if fault.kind in ("partition", "oneway") and len(fault.sides) == 2:
+        a, b = (",".join(f"p{h}" for h in side) for side in fault.sides)
+        return f"{a} | {b}" if fault.kind == "partition" else f"{a} -/-> {b}"
+    if fault.kind == "loss":
+        return f"{fault.percent:g}%"
+    return ""

@@ -30,7 +30,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Ack", "FaultWindow", "OwnerChange", "Replica", "Verdict", "check"]
+__all__ = [
+    "Ack",
+    "FaultSpan",
+    "FaultWindow",
+    "Fencing",
+    "OwnerChange",
+    "Replica",
+    "Verdict",
+    "check",
+    "level_name",
+    "takeover_rto_ms",
+]
 
 # Seconds before a takeover in which an impairment of the old owner justifies it: the
 # slowest path to `dead` (suspicion timeout after missed probes) plus decision slack.
@@ -68,6 +79,33 @@ class FaultWindow:
     kind: str
     start: float
     end: float
+
+
+@dataclass(frozen=True)
+class FaultSpan:
+    """A fault as applied: `kind` on `nodes` from `start` to `end` (`detail`: sides, loss %).
+
+    Unlike `FaultWindow`, which lists only the nodes a fault impaired (what the checker
+    judges takeovers by), a span names every node the fault was aimed at, impaired or not
+    (a full disk impairs no one), so the timeline can show every fault.
+    """
+
+    kind: str
+    nodes: tuple[str, ...]
+    start: float
+    end: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Fencing:
+    """`node` learned it no longer owns `session`: `owner` holds it at `epoch`."""
+
+    node: str
+    session: str
+    owner: str | None
+    epoch: int
+    t: float
 
 
 @dataclass(frozen=True)
@@ -109,7 +147,8 @@ class Verdict:
         )
 
 
-def _level_name(level: int | str) -> str:
+def level_name(level: int | str) -> str:
+    """The name of a commit level as the result reports it: local, replicas=W or all."""
     return "local" if level == 0 else "all" if level == "all" else f"replicas={level}"
 
 
@@ -137,7 +176,7 @@ def check(
     lost = []
     by_level: dict[str, int] = {}
     for a in acks:
-        by_level[_level_name(a.level)] = by_level.get(_level_name(a.level), 0) + 1
+        by_level[level_name(a.level)] = by_level.get(level_name(a.level), 0) + 1
         if a.level == 0 and a.writer in lost_disks:
             continue
         held = views.get(a.session, {})
@@ -198,3 +237,19 @@ def check(
         false=tuple(false),
         by_level=by_level,
     )
+
+
+def takeover_rto_ms(change: OwnerChange, windows: Iterable[FaultWindow]) -> float | None:
+    """Milliseconds from the kill or freeze of `change.previous` to `change`, if it caused it.
+
+    The same rule as `max_rto_ms` (the fault lasted, or ended at most `RTO_TAIL` seconds
+    before the takeover), applied to one takeover; None when no such fault explains it.
+    """
+    for w in windows:
+        if (
+            w.kind in ("kill", "stop")
+            and w.node == change.previous
+            and w.start <= change.t <= w.end + RTO_TAIL
+        ):
+            return round((change.t - w.start) * 1000.0, 1)
+    return None

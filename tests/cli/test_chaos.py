@@ -41,10 +41,10 @@ def _command(*args: str) -> list[str]:
 def test_a_one_minute_campaign_keeps_every_promise(tmp_path):
     _needs_netns()
     keep = tmp_path / "keep"
+    plot = tmp_path / "campaign.png"
+    args = f"--hosts 3 --minutes 1 --seed {SEED} --json --keep {keep} --plot {plot}".split()
     proc = subprocess.run(
-        _command(
-            "--hosts", "3", "--minutes", "1", "--seed", str(SEED), "--json", "--keep", str(keep)
-        ),
+        _command(*args),
         capture_output=True,
         text=True,
         timeout=280,
@@ -66,6 +66,7 @@ def test_a_one_minute_campaign_keeps_every_promise(tmp_path):
     assert proc.returncode == 0, why
     assert (keep / "timeline.jsonl").stat().st_size > 0
     assert json.loads((keep / "schedule.json").read_text())["seed"] == SEED
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", proc.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -136,6 +137,37 @@ def test_bad_flags_exit_2_with_one_line(args, message, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+class _NoCampaign:
+    """Stands in for `Campaign`: any attempt to build one fails the test."""
+
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("a campaign was started despite a bad --plot path")
+
+
+@pytest.mark.parametrize(
+    "plot, message",
+    [
+        ("/nonexistent-dir/c.png", "does not exist"),
+        ("{tmp}/c.jpg", "must end in .png"),
+        ("{tmp}/adir.png", "is a directory"),
+    ],
+)
+def test_a_bad_plot_path_exits_2_before_anything_starts(
+    tmp_path, monkeypatch, capsys, plot, message
+):
+    import mesh.chaos.campaign
+
+    (tmp_path / "adir.png").mkdir()
+    monkeypatch.setattr(mesh.chaos.campaign, "Campaign", _NoCampaign)
+    before = set(list_namespaces())
+    path = plot.format(tmp=tmp_path)
+    assert main(["chaos", "--hosts", "3", "--minutes", "1", "--plot", path]) == 2
+    out, err = capsys.readouterr()
+    assert message in err and "--plot" in err and err.count("\n") == 1, err
+    assert out == "" and set(list_namespaces()) == before
+    assert not (tmp_path / "c.jpg").exists()
 
 
 @pytest.mark.parametrize(

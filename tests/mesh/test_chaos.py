@@ -26,6 +26,9 @@ from mesh.chaos import (
     load_schedule,
     plan,
 )
+from mesh.chaos.campaign import Campaign
+from mesh.chaos.checker import FaultSpan, Fencing, takeover_rto_ms
+from mesh.chaos.plot import draw_campaign, verdict_text
 from mesh.chaos.schedule import impaired
 
 NODES = ["p0", "p1", "p2"]
@@ -223,6 +226,102 @@ def test_bad_plan_arguments_are_refused():
 
 def test_fault_end_is_start_plus_duration():
     assert Fault(2.0, "kill", (0,), 1.5).end == 3.5
+
+
+# --- the timeline plot ---------------------------------------------------------------------
+
+T0 = 1000.0  # the campaign's start on the monotonic clock; the plot counts from it
+
+
+def _history():
+    """A small campaign's records: every fault kind, takeovers (one false), a fencing."""
+    spans = [
+        FaultSpan(kind, (f"p{i % 3}",), T0 + 3 + 6 * i, T0 + 5 + 6 * i)
+        for i, kind in enumerate(FAULT_KINDS)
+    ]
+    spans[2] = FaultSpan("partition", ("p2",), T0 + 15, T0 + 17, "p2 | p0,p1")
+    windows = [FaultWindow(s.nodes[0], s.kind, s.start, s.end) for s in spans]
+    changes = [
+        # Both sessions of killed p0 taken by p1 (one RTO label for the pair), one of
+        # stopped p1 by p2, and one of p0 while it was healthy: false.
+        OwnerChange("s0a", "p1", 2, "p0", T0 + 4.2),
+        OwnerChange("s0b", "p1", 2, "p0", T0 + 4.3),
+        OwnerChange("s1a", "p2", 2, "p1", T0 + 10.9),
+        OwnerChange("s0a", "p2", 3, "p1", T0 + 50.0),
+    ]
+    fencings = [Fencing("p1", "s1a", "p2", 2, T0 + 12.0)]
+    levels = (0, 1, 2, "all")
+    acks = [ack(f"k{i}", level=levels[i % 4], t=T0 + i * 0.1) for i in range(400)]
+    return spans, windows, changes, fencings, acks
+
+
+def test_the_plot_draws_every_fault_takeover_fencing_and_ack(tmp_path):
+    spans, windows, changes, fencings, acks = _history()
+    v = check(acks, changes, windows, [], [])
+    assert v.false == (changes[3],)  # the checker's verdict is what the plot paints red
+    path = tmp_path / "campaign.png"
+    drawn = draw_campaign(
+        path, nodes=NODES, t0=T0, seconds=45.0, spans=spans, windows=windows,
+        changes=changes, fencings=fencings, acks=acks, false=v.false, title="seed 1",
+    )  # fmt: skip
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert drawn.faults == dict.fromkeys(FAULT_KINDS, 1)
+    assert drawn.takeovers == 4 and drawn.false_takeovers == 1 and drawn.fencings == 1
+    # p0's pair shares one label; p1's freeze explains p2's takeover; the false one has none.
+    assert drawn.rto_labels == 2
+    assert drawn.acks == {"local": 100, "replicas=1": 100, "replicas=2": 100, "all": 100}
+
+
+def test_the_plot_of_an_empty_history_is_still_a_picture(tmp_path):
+    path = tmp_path / "empty.png"
+    drawn = draw_campaign(
+        path, nodes=NODES, t0=T0, seconds=5.0, spans=[], windows=[], changes=[],
+        fencings=[], acks=[],
+    )  # fmt: skip
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert drawn.takeovers == 0 and sum(drawn.faults.values()) == 0
+    assert sum(drawn.acks.values()) == 0
+
+
+def test_the_campaign_plots_what_its_agents_reported(tmp_path):
+    """Agent lines go through the campaign's record into the picture (no processes)."""
+    c = Campaign(3, 30.0, seed=7)
+    c.t0 = T0
+    c.spans.append(FaultSpan("kill", ("p0",), T0 + 3, T0 + 5))
+    c.windows.append(FaultWindow("p0", "kill", T0 + 3, T0 + 5))
+    for name, ev in [
+        ("p1", {"event": "taken", "session": "s0a", "epoch": 2, "previous": "p0", "t": T0 + 4}),
+        ("p0", {"event": "fenced", "session": "s0a", "owner": "p1", "epoch": 2, "t": T0 + 6}),
+        ("p1", {"event": "acked", "session": "s1a", "token": "x", "level": 1, "t": T0 + 7}),
+    ]:
+        c._handle(name, ev)
+    assert c.fencings == [Fencing("p0", "s0a", "p1", 2, T0 + 6)]
+    drawn = c.plot(tmp_path / "c.png", {"ok": True})
+    assert (drawn.takeovers, drawn.fencings, drawn.rto_labels) == (1, 1, 1)
+    assert drawn.faults["kill"] == 1 and drawn.acks["replicas=1"] == 1
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_rto_of_one_takeover_follows_the_checkers_rule():
+    windows = [FaultWindow("p0", "kill", 10.0, 13.0), FaultWindow("p1", "partition", 20, 22)]
+    assert takeover_rto_ms(OwnerChange("s", "p1", 2, "p0", 10.75), windows) == 750.0
+    assert takeover_rto_ms(OwnerChange("s", "p1", 2, "p0", 15.5), windows) is None
+    # A partition is a justification, not a failure the RTO measures.
+    assert takeover_rto_ms(OwnerChange("s", "p2", 2, "p1", 21.0), windows) is None
+
+
+@pytest.mark.parametrize(
+    "result, text",
+    [
+        ({"ok": True}, "ok"),
+        ({"ok": False, "acked_lost": 2, "converged": True}, "FAILED: 2 acked writes lost"),
+        ({"ok": False, "converged": False, "false_takeovers": 1},
+         "FAILED: not converged, 1 false takeovers"),
+        ({"ok": False, "converged": True, "split_brain_after_heal": 3}, "FAILED: 3 split brain"),
+    ],
+)  # fmt: skip
+def test_the_title_names_the_promises_that_failed(result, text):
+    assert verdict_text(result) == text
 
 
 # --- the agent process, on loopback (no root needed) ------------------------------------
