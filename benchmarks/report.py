@@ -24,6 +24,7 @@ import math
 import operator
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -101,9 +102,9 @@ GOALS: tuple[Goal, ...] = (
          baseline="raw_ops_per_s", baseline_label="raw pycrdt writes/s", ratio="ratio",
          on_ratio=True, goal_text="ratio >= 0.5"),
     Goal("storage", "log recovery, updates/s", "recovery_updates_per_s", ">=", 100_000,
-         goal_text=">= 100,000/s", context="{recovery_updates:,} updates"),
+         goal_text=">= 100,000/s", context="{recovery_updates} updates"),
     Goal("crash", "acknowledged writes lost after SIGKILL", "acked_lost", "==", 0,
-         goal_text="0", context="of {acked_writes:,} acknowledged writes, {trials} kills"),
+         goal_text="0", context="of {acked_writes} acknowledged writes, {trials} kills"),
     Goal("crash", "silent corruptions", "silent_corruptions", "==", 0, goal_text="0",
          context="{corruptions_detected} of {corruption_trials} byte-flip trials detected"),
     Goal("throughput", "replicated commits/s (replicas=1)", "levels.replicas=1.ops_per_s", ">=",
@@ -130,7 +131,7 @@ GOALS: tuple[Goal, ...] = (
          context="{batch_messages} messages per update"),
     Goal("wire", "idle gossip, bytes/peer/s", "idle_bytes_per_peer_per_s", "<", 2048,
          baseline="idle_bytes_per_peer_per_s_no_documents", baseline_label="with no documents",
-         goal_text="< 2,048 with 10,000 documents", context="{documents:,} documents"),
+         goal_text="< 2,048 with 10,000 documents", context="{documents} documents"),
 )  # fmt: skip
 
 
@@ -194,17 +195,15 @@ def fmt(value: Any) -> str:
     return f"{value:.3g}"
 
 
-class _Blank(dict):
+class _Shown(dict):
+    """Result fields formatted as the table shows numbers; a missing field shows `?`."""
+
     def __missing__(self, key: str) -> str:
         return "?"
 
 
 def _context(template: str, result: Mapping[str, Any]) -> str:
-    try:
-        return template.format_map(_Blank(result))
-    except (ValueError, TypeError):
-        # A format spec such as `:,` on a missing ("?") or non-numeric field.
-        return template.replace(",}", "}").format_map(_Blank(result))
+    return template.format_map(_Shown({k: fmt(v) for k, v in result.items()}))
 
 
 def goal_row(goal: Goal, outcome: SuiteOutcome | None) -> Row:
@@ -462,8 +461,8 @@ def run_all(
             outcomes[name] = SuiteOutcome("failed", error=f"{type(exc).__name__}: {exc}")
             note(SUITE, f"[{i}/{len(todo)}] {name}: FAILED: {outcomes[name].error}", stream=stream)
             continue
-        note(SUITE, f"[{i}/{len(todo)}] {name}: statemesh bench {name} {' '.join(argv)}",
-             stream=stream)  # fmt: skip
+        line = shlex.join(["statemesh", "bench", name, *argv])
+        note(SUITE, f"[{i}/{len(todo)}] {name}: {line}", stream=stream)
         # A picture left by an earlier run must not pass for this run's.
         (out / f"{name}.png").unlink(missing_ok=True)
         outcome = run_suite(name, module, argv)

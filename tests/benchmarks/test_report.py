@@ -145,12 +145,15 @@ def test_a_missing_figure_is_reported_missing_never_met() -> None:
     del results["throughput"]["ratio_replicated_vs_raw"]
     results["convergence"]["rounds"] = None  # the suite's way of saying "did not converge"
     del results["wire"]["idle_bytes_per_peer_per_s"]
+    del results["crash"]["corruption_trials"]  # only a note's field: the goal still stands
     rows = {r.figure: r for r in build_rows(_ok(results))}
     assert rows["replicated commits/s (replicas=1)"].met == "missing"
     assert "ratio_replicated_vs_raw" in rows["replicated commits/s (replicas=1)"].notes
     assert rows["gossip rounds for a burst to reach every peer"].met == "missing"
     assert rows["idle gossip, bytes/peer/s"].met == "missing"
     assert rows["idle gossip, bytes/peer/s"].value == ""
+    assert rows["silent corruptions"].met == "yes"
+    assert rows["silent corruptions"].notes == "1 of ? byte-flip trials detected"
 
 
 def test_failed_and_skipped_suites_show_on_their_rows() -> None:
