@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -299,3 +300,28 @@ def test_quick_run_of_the_cheap_suites_writes_table_and_plots(
     mets = {g["figure"]: g["met"] for g in report["goals"] if g["suite"] in ("convergence", "wire")}
     assert all(m in ("yes", "no") for m in mets.values()), mets
     assert "[bench all] [2/2] wire" in captured.err
+
+
+def test_failover_without_netns_runs_on_loopback_and_the_table_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.report
+
+    seen: list[argparse.Namespace] = []
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--trials", type=int, default=20)
+        parser.add_argument("--loopback", action="store_true")
+
+    def run(args: argparse.Namespace) -> dict:
+        seen.append(args)
+        mode = "loopback" if args.loopback else "netns"
+        return {**GOOD["failover"], "mode": mode, "trials": args.trials}
+
+    fake = SimpleNamespace(HELP="fake failover", add_arguments=add_arguments, run=run)
+    monkeypatch.setattr(benchmarks.report, "netns_unavailable", lambda: "not root")
+    report = run_all({"failover": fake}, tmp_path, quick=True, stream=sys.stderr)
+    assert seen[0].loopback and seen[0].trials == int(QUICK["failover"][1])
+    rows = [g for g in report["goals"] if g["suite"] == "failover"]
+    assert all("loopback, not namespace hosts (not root)" in g["notes"] for g in rows), rows
+    assert "loopback, not namespace hosts" in (tmp_path / "results.md").read_text()
