@@ -13,8 +13,10 @@ write load the `lan` profile's 100 ms probe deadline is missed often enough to d
 the writer dead and fail its sessions over mid-run, which measures scheduling, not the
 mesh. The first node is the writer: `--writers` concurrent trio tasks,
 each on its own session, each doing "write one memory key, then `await commit(level)`"
-in a loop. One write per commit: every write counted was committed at its level before
-the next was made. Concurrency is what lets group commit (one fsync for many writers)
+in a loop. One write per commit by default: every write counted was committed at its
+level before the next was made (`--writes-per-commit K` makes K writes, each its own
+transaction, before each commit, like an agent turn; `ops_per_s` then counts writes and
+`commits_per_s` commits; the issue's goal is stated for K = 1). Concurrency is what lets group commit (one fsync for many writers)
 and frame batching work; a single writer would measure latency, not throughput.
 
 Levels: `local` (`commit()`: fsync'd here), `replicas=1` (one other peer reported a
@@ -89,12 +91,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="3: one OS process per peer (default); 1: all three peers in this process",
     )
+    parser.add_argument(
+        "--writes-per-commit",
+        type=int,
+        default=1,
+        help="writes each writer makes before one commit (an agent turn); the goal is at 1",
+    )
     add_plot_argument(parser, "ops/s per commit level next to raw pycrdt rates")
 
 
 def run(args: argparse.Namespace) -> dict:
     """Measure raw pycrdt, then each commit level on a live 3-peer mesh."""
-    for name in ("ops", "writers", "raw_ops", "retransmit_mult"):
+    for name in ("ops", "writers", "raw_ops", "retransmit_mult", "writes_per_commit"):
         if getattr(args, name) < 1:
             raise usage(SUITE, f"--{name.replace('_', '-')} must be at least 1")
     if not args.timeout > 0:
@@ -124,7 +132,8 @@ def run(args: argparse.Namespace) -> dict:
         # The ratio a replicated commit could reach on one core if it cost only its floor.
         "ratio_floor_vs_raw": float(f"{1e6 / floor_us / raw_write:.4g}"),
         "writers": args.writers,
-        "ops_per_level": args.ops // args.writers * args.writers,
+        "writes_per_commit": args.writes_per_commit,
+        "ops_per_level": _commits_per_writer(args) * args.writers * args.writes_per_commit,
         "peers": 3,
         "processes": args.processes,
         "sealed": True,
@@ -144,7 +153,7 @@ def run(args: argparse.Namespace) -> dict:
                 + ("one process" if args.processes == 1 else "one process each")
             ),
             note=(
-                f"{args.writers} concurrent writers, one write per commit; "
+                f"{args.writers} concurrent writers, {_per_commit(args)}; "
                 f"replicas=1 / raw write = {result['ratio_replicated_vs_raw']:.3g}"
             ),
         )
@@ -341,7 +350,7 @@ async def _mesh_phases(root: Path, args: argparse.Namespace) -> tuple[dict, dict
         commits = 0
         for level in LEVELS:
             levels[level] = await _level(first, peers, level, args)
-            commits += args.ops // args.writers * args.writers
+            commits += _commits_per_writer(args) * args.writers
             await _settle(peers)
         after = [await p.counters() for p in peers]
         per = max(1, commits)
@@ -399,9 +408,20 @@ async def _await_membership(peers) -> None:
     )
 
 
+def _commits_per_writer(args: argparse.Namespace) -> int:
+    """Commits each writer makes per level: `--ops` writes shared out, at least one."""
+    return max(1, args.ops // (args.writers * args.writes_per_commit))
+
+
+def _per_commit(args: argparse.Namespace) -> str:
+    k = args.writes_per_commit
+    return "one write per commit" if k == 1 else f"{k} writes per commit"
+
+
 async def _level(mesh, peers, level: str, args: argparse.Namespace) -> dict:
     replicas: int | str | None = {"local": None, "replicas=1": 1, "all": "all"}[level]
-    per = max(1, args.ops // args.writers)
+    per = _commits_per_writer(args)
+    k = args.writes_per_commit
     tag = level.replace("=", "")
     sessions = [await mesh.session(f"{tag}-{k}") for k in range(args.writers)]
     # Warm-up: every session exists everywhere before timing starts.
@@ -415,7 +435,8 @@ async def _level(mesh, peers, level: str, args: argparse.Namespace) -> dict:
         async def writer(session) -> None:
             for i in range(per):
                 t = time.perf_counter()
-                session.state.set_memory(f"k{i % 16}", i)
+                for j in range(k):  # each write its own transaction, as in the raw phase
+                    session.state.set_memory(f"k{(i * k + j) % 16}", i)
                 await session.commit(replicas=replicas, timeout=args.timeout)
                 latencies.append(time.perf_counter() - t)
                 bar.advance()
@@ -435,7 +456,9 @@ async def _level(mesh, peers, level: str, args: argparse.Namespace) -> dict:
             nursery.start_soon(_commit, s, "all", args.timeout)
     latencies.sort()
     return {
-        "ops_per_s": round(len(latencies) / elapsed, 1),
+        # ops are committed writes: with --writes-per-commit K, K per commit.
+        "ops_per_s": round(len(latencies) * k / elapsed, 1),
+        "commits_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 3),
         "cpu_ms_per_commit": round(sum(cpu) * 1000 / len(latencies), 3),

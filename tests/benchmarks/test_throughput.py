@@ -89,6 +89,21 @@ def test_throughput_in_one_process_reports_the_same_fields(tmp_path: Path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def test_throughput_counts_every_write_of_a_multi_write_commit(tmp_path: Path, capsys) -> None:
+    argv = ["bench", "throughput", *TINY, "--processes", "1", "--writes-per-commit", "3"]
+    assert main([*argv, "--dir", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # 60 writes over 6 writers, 3 per commit: 3 commits each, 54 writes per level.
+    assert result["writes_per_commit"] == 3 and result["ops_per_level"] == 54
+    for level, figures in result["levels"].items():
+        assert figures["ops_per_s"] == pytest.approx(3 * figures["commits_per_s"], rel=0.01), level
+    # Each write is its own pycrdt update, so each peer receives at least three per commit.
+    assert result["updates_received_per_commit"] >= 6
+    assert result["ratio_replicated_vs_raw"] == pytest.approx(
+        result["levels"]["replicas=1"]["ops_per_s"] / result["raw_write_ops_per_s"], rel=0.02
+    )
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -98,6 +113,7 @@ def test_throughput_in_one_process_reports_the_same_fields(tmp_path: Path, capsy
         (["--timeout", "0"], "--timeout must be positive"),
         (["--retransmit-mult", "0"], "--retransmit-mult must be at least 1"),
         (["--processes", "2"], "--processes must be 1 (one process) or 3"),
+        (["--writes-per-commit", "0"], "--writes-per-commit must be at least 1"),
         (["--dir", "/nonexistent-dir"], "is not a directory"),
         (["--plot", "tp"], "must end in .png"),
     ],
