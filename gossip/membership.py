@@ -297,6 +297,10 @@ class Membership:
         """Ids of members (not us) currently alive or suspect, in a deterministic order."""
         return list(self._live.items)
 
+    def is_live(self, node: str) -> bool:
+        """Whether `node` is a member (not us) alive or suspect now; O(1)."""
+        return node in self._live.pos
+
     def state_of(self, node: str) -> str | None:
         """The state we hold for `node`, or None if unknown (or reaped)."""
         m = self.members.get(node)

@@ -76,7 +76,9 @@ class Node:
         if replicator is None and replica is not None:
             from gossip.replication import Replicator
 
-            replicator = Replicator(node_id, replica, rng, replication)
+            replicator = Replicator(
+                node_id, replica, rng, replication, is_member=self.membership.is_live
+            )
         self.replicator = replicator
         self._next_gossip = math.inf
         self._started = False

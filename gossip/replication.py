@@ -44,7 +44,13 @@ origin) is owed a `ReplicaAck` with our *durable* state vector once the runtime 
 durable (`on_durable`, which answers at once; what arrived already durable is acked on the
 next tick, batched: one `ReplicaAck` per peer for all documents). Acks received, and
 durable vectors seen during anti-entropy, are tracked per peer and raised as
-`ReplicaAcked` when they change.
+`ReplicaAcked` when they change. Only members' vectors are kept (`is_member`: alive or
+suspect), and they are forgotten when the member is no longer live (the next tick), so
+a keyed peer cannot grow the table with made-up senders nor count as a replica in a
+commit. Vectors of documents this node holds are kept without limit (they are bounded by
+members times documents); at most `max_unknown_durable` of documents it does not hold
+(those of a session still on its way here, or made up), the rest counted in
+`stats.durable_refused` and dropped.
 
 Invariants: no I/O, no clock, no global randomness (`now` and a seeded `random.Random`
 are passed in); every buffer and table is bounded; input from peers that does not make
@@ -59,7 +65,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import blake3
@@ -139,6 +145,8 @@ class ReplicationConfig:
     resync_delay: float = 1.0  # wait this long for gap-filling updates before re-requesting
     max_resyncs: int = 4096  # documents waiting to be checked for a re-request
     max_ack_targets: int = 16  # peers remembered per document as owed an ack
+    # Durable vectors kept (all peers together) for documents this node does not hold.
+    max_unknown_durable: int = 1024
     # Bytes (estimated) sent to one peer at one `now`: the node packs what one call
     # returns for a destination into one envelope, so this keeps every frame in bounds.
     max_send_bytes: int = MAX_FRAME_BYTES - FRAME_HEADROOM
@@ -196,6 +204,7 @@ class ReplicationStats:
     resyncs_requested: int = 0
     acks_sent: int = 0
     acks_received: int = 0
+    durable_refused: int = 0  # durable vectors dropped: not a member, or over the bound
     last_error: str = ""
 
 
@@ -283,7 +292,10 @@ class Replicator:
         replica: ReplicaPort,
         rng: random.Random,
         config: ReplicationConfig | None = None,
+        *,
+        is_member: Callable[[str], bool] | None = None,
     ) -> None:
+        """`is_member(node)`: whether `node` is alive or suspect (None: any sender counts)."""
         if not isinstance(node_id, str) or not node_id:
             raise LocalError(f"node id must be a non-empty string, not {node_id!r}")
         if not isinstance(rng, random.Random):
@@ -307,6 +319,9 @@ class Replicator:
         self._ack_wanted: dict[str, dict[str, None]] = {}
         self._ack_out: dict[str, dict[str, bytes]] = {}
         self._peer_durable: dict[str, dict[str, bytes]] = {}
+        self._is_member = is_member
+        # (node, doc) of the kept vectors of documents not held here when they came.
+        self._unknown_durable: dict[tuple[str, str], None] = {}
         self._next_anti_entropy: float | None = None
         self._outbox: dict[str, deque[tuple[object, int]]] = {}
         self._outbox_bytes = 0
@@ -351,6 +366,12 @@ class Replicator:
         peers = [p for p in peers if p != self.node_id]
         if peers != self._peers:
             self._views = {}
+            if self._is_member is not None:
+                # A member that died or left is no replica a commit or a takeover can
+                # count on; what it holds is reported again if it comes back.
+                live = set(peers)
+                for node in [n for n in self._peer_durable if n not in live]:
+                    self._forget_durable(node)
         self._peers = peers
 
     def on_local_update(self, now: float, doc_id: str, update: bytes) -> list[Send]:
@@ -508,7 +529,7 @@ class Replicator:
 
     def forget_peer(self, node: str) -> None:
         """Drop everything kept about `node` (call when membership reaps it)."""
-        self._peer_durable.pop(node, None)
+        self._forget_durable(node)
         self._ack_out.pop(node, None)
         for _, size in self._outbox.pop(node, ()):
             self._outbox_bytes -= size
@@ -519,6 +540,16 @@ class Replicator:
         for session in [s for s, (p, _) in self._sessions.items() if p == node]:
             del self._sessions[session]
         self._peers = [p for p in self._peers if p != node]
+
+    def _forget_durable(self, node: str) -> None:
+        if self._peer_durable.pop(node, None) is not None and self._unknown_durable:
+            for key in [k for k in self._unknown_durable if k[0] == node]:
+                del self._unknown_durable[key]
+
+    @property
+    def durable_entries(self) -> int:
+        """Peer durable vectors kept (one per peer and document)."""
+        return sum(len(docs) for docs in self._peer_durable.values())
 
     @property
     def pending_rumours(self) -> int:
@@ -1049,10 +1080,33 @@ class Replicator:
     def _record_durable(self, node: str, doc_id: str, sv: bytes, events: list[object]) -> None:
         if sv == EMPTY_STATE_VECTOR or node == self.node_id:
             return
-        docs = self._peer_durable.setdefault(node, {})
+        if self._is_member is not None and not self._is_member(node):
+            self.stats.durable_refused += 1
+            return
+        docs = self._peer_durable.get(node)
+        if (docs is None or doc_id not in docs) and not self._holds(doc_id):
+            if not self._room_for_unknown():
+                self.stats.durable_refused += 1
+                return
+            self._unknown_durable[(node, doc_id)] = None
+        if docs is None:
+            docs = self._peer_durable[node] = {}
         if docs.get(doc_id) != sv:
             docs[doc_id] = sv
             events.append(ReplicaAcked(node, doc_id, sv))
+
+    def _holds(self, doc_id: str) -> bool:
+        # Written or received here: in the tree, or waiting in `_dirty` to enter it.
+        return doc_id in self._dirty or doc_id in self._tree
+
+    def _room_for_unknown(self) -> bool:
+        unknown = self._unknown_durable
+        if len(unknown) < self.config.max_unknown_durable:
+            return True
+        # Documents that arrived since no longer count against the bound.
+        for key in [k for k in unknown if self._holds(k[1])]:
+            del unknown[key]
+        return len(unknown) < self.config.max_unknown_durable
 
     # -- housekeeping -------------------------------------------------------------------------
 

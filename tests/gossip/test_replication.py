@@ -1249,3 +1249,112 @@ def test_a_rumour_every_peer_acked_ends_at_once_without_waiting_for_a_tick():
     assert ra.pending_rumours == 2  # c still lacks both
     _acked_by(ra, "c", a, "d")  # c's vector covers both rumours
     assert ra.pending_rumours == 0
+
+
+# --- durable vectors kept: members only, bounded for documents not held -------------------
+
+
+def _vector(seed: int) -> bytes:
+    """A real state vector of a document with one write by client `seed`."""
+    doc = pycrdt.Doc(client_id=seed)
+    with doc.transaction():
+        doc.get("m", type=pycrdt.Map)["k"] = seed
+    return doc.get_state()
+
+
+def test_durable_vectors_of_senders_that_are_not_members_are_dropped_and_counted():
+    a = MemoryReplica()
+    write(a, "d", _hello)
+    members = {"b"}
+    ra = Replicator("a", a, random.Random(71), FAST, is_member=members.__contains__)
+    ra.set_peers(["b"])
+    sv = a.state_vector("d")
+    # Made-up senders (a keyed peer can name any) neither grow the table nor count as
+    # replicas in a commit.
+    for i in range(500):
+        _, events = ra.receive(0.0, f"ghost{i}", m.ReplicaAck((("d", sv),)))
+        assert events == []
+    assert ra.durable_entries == 0 and ra.stats.durable_refused == 500
+    assert ra.replicas_covering("d", sv) == []
+    # A member's ack is kept as before.
+    _, events = ra.receive(0.0, "b", m.ReplicaAck((("d", sv),)))
+    assert events == [ReplicaAcked("b", "d", sv)]
+    assert ra.replicas_covering("d", sv) == ["b"]
+
+
+def test_durable_vectors_are_forgotten_when_the_member_is_no_longer_live():
+    a = MemoryReplica()
+    write(a, "d", _hello)
+    members = {"b", "c"}
+    ra = Replicator("a", a, random.Random(72), FAST, is_member=members.__contains__)
+    ra.set_peers(["b", "c"])
+    sv = a.state_vector("d")
+    for peer in ("b", "c"):
+        ra.receive(0.0, peer, m.ReplicaAck((("d", sv),)))
+    assert ra.replicas_covering("d", sv) == ["b", "c"]
+    members.discard("c")  # c died: the next tick's live list no longer names it
+    ra.tick(0.1, ["b"])
+    assert ra.replicas_covering("d", sv) == ["b"] and ra.peer_durable("c", "d") is None
+    # Back alive, it reports again and counts again.
+    members.add("c")
+    ra.tick(0.2, ["b", "c"])
+    ra.receive(0.3, "c", m.ReplicaAck((("d", sv),)))
+    assert ra.replicas_covering("d", sv) == ["b", "c"]
+
+
+@pytest.mark.parametrize("via", ["ack", "vectors"])
+def test_vectors_of_documents_not_held_here_are_bounded_and_counted(via):
+    a = MemoryReplica()
+    write(a, "d", _hello)
+    cfg = ReplicationConfig(anti_entropy_interval=0.0, resync_delay=0.0, max_unknown_durable=64)
+    ra = Replicator("a", a, random.Random(73), cfg, is_member={"b"}.__contains__)
+    ra.set_peers(["b"])
+    fake = _vector(99)
+    n = 1000
+    entries = tuple((f"made-up/{i}", fake) for i in range(n))
+    if via == "ack":
+        ra.receive(0.0, "b", m.ReplicaAck(entries))
+    else:
+        # An anti-entropy request naming documents nobody holds (a keyed peer's).
+        ra.receive(
+            0.0, "b", m.DocVectors(5, (), tuple((d, sv, b"", sv) for d, sv in entries), True)
+        )
+    assert ra.durable_entries == 64, ra.durable_entries
+    assert ra.stats.durable_refused == n - 64
+    # A document this node holds is still recorded over the bound: commits need it.
+    sv = a.state_vector("d")
+    ra.receive(0.1, "b", m.ReplicaAck((("d", sv),)))
+    assert ra.replicas_covering("d", sv) == ["b"] and ra.durable_entries == 65
+    # Updating a vector already kept costs no new room.
+    before = ra.stats.durable_refused
+    ra.receive(0.2, "b", m.ReplicaAck((("made-up/0", _vector(98)),)))
+    assert ra.peer_durable("b", "made-up/0") == _vector(98)
+    assert ra.stats.durable_refused == before
+
+
+def test_unknown_documents_that_arrive_free_their_room_in_the_bound():
+    a = MemoryReplica()
+    cfg = ReplicationConfig(anti_entropy_interval=0.0, resync_delay=0.0, max_unknown_durable=2)
+    ra = Replicator("a", a, random.Random(74), cfg, is_member={"b"}.__contains__)
+    ra.set_peers(["b"])
+    sv = _vector(7)
+    ra.receive(0.0, "b", m.ReplicaAck((("x", sv), ("y", sv), ("z", sv))))
+    assert ra.durable_entries == 2 and ra.stats.durable_refused == 1
+    # "x" arrives (a session on its way here): it no longer counts as unknown.
+    update = write(MemoryReplica(), "x", _hello)
+    ra.receive(0.1, "b", m.DocUpdate("x", update, "b", b""))
+    ra.receive(0.2, "b", m.ReplicaAck((("z", sv),)))
+    assert ra.peer_durable("b", "z") == sv and ra.durable_entries == 3
+
+
+def test_forget_peer_frees_its_unknown_entries():
+    a = MemoryReplica()
+    cfg = ReplicationConfig(anti_entropy_interval=0.0, resync_delay=0.0, max_unknown_durable=4)
+    ra = Replicator("a", a, random.Random(75), cfg, is_member={"b", "c"}.__contains__)
+    sv = _vector(8)
+    ra.receive(0.0, "b", m.ReplicaAck(tuple((f"u{i}", sv) for i in range(4))))
+    ra.receive(0.0, "c", m.ReplicaAck((("v", sv),)))
+    assert ra.peer_durable("c", "v") is None and ra.stats.durable_refused == 1
+    ra.forget_peer("b")
+    ra.receive(0.1, "c", m.ReplicaAck((("v", sv),)))
+    assert ra.peer_durable("c", "v") == sv and ra.durable_entries == 1
