@@ -21,7 +21,13 @@ Two signals, served as `/livez` and `/readyz` by `mesh.ops_http`:
   covered every advertised vector at once (so a standby is never ready before it could
   take over). After that,
   being behind for less than `ready_lag` seconds still counts as ready: under steady
-  writes some rumour is always in flight, and a probe must not flap with it.
+  writes some rumour is always in flight, and a probe must not flap with it. A document
+  this node holds nothing of counts as behind only for `unserved_after` seconds after a
+  peer first advertised it: a real one arrives within a few anti-entropy rounds (the
+  advertiser sends it in the same exchange), and one that nobody serves by then (made
+  up by a keyed peer, or gone) must not hold readiness back forever. The strict first
+  catch-up still needs equal digest trees with a live peer, which a made-up vector
+  cannot fake.
 
 Invariants: nothing here touches pycrdt or the network; `CatchUp` and `assess` are plain
 functions of their inputs (time passed in), so they are tested without a mesh; the
@@ -58,6 +64,9 @@ log = logging.getLogger("statemesh.health")
 DEFAULT_INTERVAL = 0.1
 DEFAULT_THRESHOLD = 1.0  # a loop late by a second misses SWIM probe timeouts (0.5 s on LAN)
 JOIN_GRACE = 3.0  # a node that expects peers but finds none for this long serves alone
+# A document we hold nothing of, advertised by a peer that has not sent it by then, no
+# longer counts as behind (about 20 anti-entropy rounds: a real one has arrived).
+UNSERVED_AFTER = 10.0
 
 
 def _positive(value: object, what: str) -> float:
@@ -190,12 +199,24 @@ def covers(ours: bytes, theirs: bytes) -> bool:
     return all(mine.get(client, 0) >= clock for client, clock in other.items())
 
 
+def _empty(sv: bytes) -> bool:
+    """Whether state vector `sv` names no client (we hold nothing of the document)."""
+    try:
+        return not decode_state_vector(sv)
+    except (InvalidValue, TypeError):
+        return False
+
+
 class CatchUp:
     """How long this node has been behind what each peer advertised, document by document."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, unserved_after: float = UNSERVED_AFTER) -> None:
         """Start with nothing known (not caught up, never behind)."""
+        self.unserved_after = _positive(unserved_after, "unserved_after")
         self.behind_since: dict[str, float] = {}
+        # (peer, doc) -> when first advertised while we held nothing of the document.
+        self._unheld_since: dict[tuple[str, str], float] = {}
+        self.unserved = 0  # advertised documents ignored at the last update: nobody sent them
         self.behind: dict[str, list[str]] = {}  # peer -> documents we lack (sorted)
         self.caught_up_once = False
         # (peer, doc) -> (their vector, our vector, covered): vectors rarely change between
@@ -221,6 +242,8 @@ class CatchUp:
         cache = self._cache
         behind: dict[str, list[str]] = {}
         seen: set[tuple[str, str]] = set()
+        unheld = self._unheld_since
+        unserved = 0
         for peer, docs in advertised.items():
             if peer not in live:
                 continue
@@ -235,13 +258,23 @@ class CatchUp:
                 else:
                     covered = covers(mine, theirs)
                     cache[key] = (theirs, mine, covered)
-                if not covered:
-                    lacking.append(doc_id)
+                if covered:
+                    continue
+                if _empty(mine):
+                    since = unheld.setdefault(key, now)
+                    if now - since >= self.unserved_after:
+                        unserved += 1
+                        continue
+                lacking.append(doc_id)
             if lacking:
                 behind[peer] = sorted(lacking)
         if len(cache) > len(seen):
             for key in [k for k in cache if k not in seen]:
                 del cache[key]  # peers reaped or documents gone: keep the cache bounded
+        if unheld:
+            for key in [k for k in unheld if k not in seen]:
+                del unheld[key]  # bounded like the cache
+        self.unserved = unserved
         for peer in list(self.behind_since):
             if peer not in behind:
                 del self.behind_since[peer]

@@ -99,6 +99,49 @@ def test_catch_up_treats_an_unreadable_vector_as_covered_and_keeps_its_cache_bou
     assert len(cu._cache) == 1
 
 
+def test_a_document_nobody_serves_stops_counting_as_behind_after_unserved_after():
+    # A keyed peer advertises documents that do not exist: we hold nothing of them and
+    # nobody sends them. Behind at first (a real one arrives within a few rounds)...
+    cu = CatchUp(unserved_after=5.0)
+    made_up = {f"made-up/{i}": SV[2] for i in range(100)}
+    cu.update(2.0, {"p": {"d": SV[2]}}, {"d": SV[2]}.get, ["p"], exchanged=True)
+    assert cu.caught_up_once
+    ours = {"d": SV[2]}
+
+    def lookup(doc_id: str) -> bytes:
+        return ours.get(doc_id, SV[0])
+
+    cu.update(10.0, {"p": {"d": SV[2], **made_up}}, lookup, ["p"], exchanged=True)
+    assert len(cu.behind["p"]) == 100
+    cu.update(14.9, {"p": {"d": SV[2], **made_up}}, lookup, ["p"], exchanged=True)
+    assert len(cu.behind["p"]) == 100 and not _assess(cu, now=14.9).ready
+    # ...and no longer once nobody served them for `unserved_after` seconds.
+    cu.update(15.0, {"p": {"d": SV[2], **made_up}}, lookup, ["p"], exchanged=True)
+    assert cu.behind == {} and cu.unserved == 100 and _assess(cu, now=15.0).ready
+    # A document we hold part of still counts, however long it lags: peers can serve it.
+    cu.update(16.0, {"p": {"d": SV[3], **made_up}}, lookup, ["p"], exchanged=True)
+    assert cu.behind == {"p": ["d"]}
+    cu.update(30.0, {"p": {"d": SV[3], **made_up}}, lookup, ["p"], exchanged=True)
+    assert cu.behind == {"p": ["d"]} and not _assess(cu, now=30.0).ready
+    # The clock of a document no longer advertised is forgotten (bounded).
+    cu.update(31.0, {"p": {"d": SV[3]}}, lookup, ["p"], exchanged=True)
+    assert cu._unheld_since == {}
+
+
+def test_a_strict_first_catch_up_still_waits_for_an_exchange_despite_unserved_documents():
+    cu = CatchUp(unserved_after=1.0)
+    cu.update(1.0, {"p": {"x": SV[2]}}, lambda d: SV[0], ["p"], exchanged=False)
+    cu.update(5.0, {"p": {"x": SV[2]}}, lambda d: SV[0], ["p"], exchanged=False)
+    assert cu.behind == {} and not cu.caught_up_once
+    assert _assess(cu, now=5.0).reasons[0].startswith("syncing")
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "5", None])
+def test_catch_up_refuses_a_bad_unserved_after(bad):
+    with pytest.raises(LocalError):
+        CatchUp(unserved_after=bad)
+
+
 # --- assess -----------------------------------------------------------------------------------
 
 
