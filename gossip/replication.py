@@ -322,6 +322,7 @@ class Replicator:
         self._is_member = is_member
         # (node, doc) of the kept vectors of documents not held here when they came.
         self._unknown_durable: dict[tuple[str, str], None] = {}
+        self._unknown_scanned = -1  # documents held at the last scan of that table
         self._next_anti_entropy: float | None = None
         self._outbox: dict[str, deque[tuple[object, int]]] = {}
         self._outbox_bytes = 0
@@ -1103,9 +1104,13 @@ class Replicator:
         unknown = self._unknown_durable
         if len(unknown) < self.config.max_unknown_durable:
             return True
-        # Documents that arrived since no longer count against the bound.
-        for key in [k for k in unknown if self._holds(k[1])]:
-            del unknown[key]
+        # Documents that arrived since no longer count against the bound. Only a new
+        # document can free room, so a flood over the bound costs one scan, not one each.
+        held = len(self._tree) + len(self._dirty)
+        if held != self._unknown_scanned:
+            self._unknown_scanned = held
+            for key in [k for k in unknown if self._holds(k[1])]:
+                del unknown[key]
         return len(unknown) < self.config.max_unknown_durable
 
     # -- housekeeping -------------------------------------------------------------------------

@@ -11,6 +11,12 @@ its answers:
   their acks and anti-entropy);
 * it asks live members for that evidence (an exchange of the ownership table) when it
   declares a member dead, and again every `ASK_INTERVAL` while a decision waits for it;
+* it exchanges the ownership table with every member that joins or comes back, through a
+  bounded queue served by `SYNC_WORKERS` tasks: a keyed peer can announce 2,048 made-up
+  members in one frame, and one task and one connection attempt each stalled the loop
+  for over a second. The queue keeps at most `SYNC_QUEUE` peers, deduplicated; the
+  newest are served first and the oldest dropped (counted, `sync_dropped`), so a real
+  join after a flood is served as soon as a worker is free;
 * it steps the state machine when one of those changes (coalesced, at most every
   `_MIN_INTERVAL`) and at the decision's deadline, never in a busy loop;
 * a claim due now is written into the ownership table (it spreads like any update);
@@ -55,6 +61,7 @@ from gossip.events import (
     MemberAlive,
     MemberDead,
     MemberJoined,
+    MemberReaped,
     OwnerChanged,
     StandbyAssigned,
     WorkloadFenced,
@@ -100,6 +107,13 @@ _ASK_ON_DEAD = 16
 ASK_INTERVAL = 0.5
 # Plans that hearing from a member can unblock.
 _HEARD_REASONS = ("no_quorum", "owner_heard")
+# Ownership exchanges in flight at once, and peers waiting for one. Each worker waits up
+# to `SYNC_TIMEOUT` for an answer, so a queue of made-up members drains at
+# SYNC_WORKERS / SYNC_TIMEOUT peers a second while a real join, served newest-first,
+# waits at most one timeout.
+SYNC_WORKERS = 8
+SYNC_QUEUE = 256
+SYNC_TIMEOUT = 2.0
 
 TakeoverHandler = Callable[["Session", list[Any]], Awaitable[None]]
 PrewarmHandler = Callable[[str, str], Awaitable[None]]
@@ -187,6 +201,11 @@ class Failover:
         self.last_error: str | None = None
         self._waiting_quorum = False
         self._first_step = True
+        # Peers owed an ownership exchange, oldest first (see the module docstring).
+        self._sync_queue: dict[str, None] = {}
+        self._sync_ready = trio.Event()
+        self.sync_running = 0
+        self.sync_peak = 0  # most exchanges ever in flight at once (tests read it)
         # The table is created on the first claim, so a fresh node holds no documents.
         # A restart: what our disk says we own is not ours to write until confirmed.
         table = mesh.ownership if OWNERSHIP in mesh.replica else None
@@ -265,7 +284,9 @@ class Failover:
 
     def on_envelope(self, now: float, env: Envelope) -> None:
         """An authenticated envelope arrived (after the node processed it)."""
-        self.heard[env.sender] = now
+        if env.sender in self.mesh.node.membership.members:
+            # Only members are ever looked up; a made-up sender must not grow the table.
+            self.heard[env.sender] = now
         if self.trips.received(env.sender, env.messages) and self._waiting_quorum:
             # Quorum completes by answers from members, which change no state: decide
             # again now rather than at the next re-check.
@@ -279,16 +300,20 @@ class Failover:
 
     def on_event(self, event: object) -> None:
         """A membership or replication event: decide again soon."""
-        if isinstance(event, MemberJoined | MemberAlive) and self._nursery is not None:
+        if isinstance(event, MemberJoined | MemberAlive):
             # A member came (back): exchange the ownership table with it at once, so a
             # restarted node learns it was replaced before it writes anything.
-            self._nursery.start_soon(self._sync_ownership, event.node)
-        elif isinstance(event, MemberDead) and self._nursery is not None:
+            self._want_sync(event.node)
+        elif isinstance(event, MemberDead):
             # Quorum needs answers to requests sent after the failure: ask live members
             # now (one round trip) instead of waiting for the next re-check.
             self._next_ask = trio.current_time() + ASK_INTERVAL
-            for peer in self._to_ask():
-                self._nursery.start_soon(self._sync_ownership, peer)
+            for peer in reversed(self._to_ask()):  # the best-ranked served first
+                self._want_sync(peer)
+        elif isinstance(event, MemberReaped):
+            self.heard.pop(event.node, None)
+            self.trips.answered.pop(event.node, None)
+            self._sync_queue.pop(event.node, None)
         if isinstance(event, ReplicaAcked) and not self.plans:
             # Durable vectors matter only while a takeover is being planned.
             return
@@ -300,6 +325,33 @@ class Failover:
         """Ask the decision loop to step soon."""
         self._wake.set()
 
+    def _want_sync(self, peer: str) -> None:
+        """Queue an ownership exchange with `peer` (newest first; the oldest dropped)."""
+        if peer == self.me:
+            return
+        queue = self._sync_queue
+        queue.pop(peer, None)
+        queue[peer] = None
+        while len(queue) > SYNC_QUEUE:
+            del queue[next(iter(queue))]
+            self.mesh.stats["sync_dropped"] += 1
+        self._sync_ready.set()
+
+    async def _sync_worker(self) -> None:
+        while not self.mesh._closed:
+            if not self._sync_queue:
+                await self._sync_ready.wait()
+                self._sync_ready = trio.Event()
+                continue
+            peer, _ = self._sync_queue.popitem()  # the newest: a real join after a flood
+            self.sync_running += 1
+            self.sync_peak = max(self.sync_peak, self.sync_running)
+            self.mesh.stats["syncs_started"] += 1
+            try:
+                await self._sync_ownership(peer)
+            finally:
+                self.sync_running -= 1
+
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -307,6 +359,8 @@ class Failover:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._started_at = trio.current_time()
+            for _ in range(SYNC_WORKERS):
+                nursery.start_soon(self._sync_worker)
             task_status.started()
             while not self.mesh._closed:
                 now = trio.current_time()
@@ -481,7 +535,7 @@ class Failover:
             me = node.membership.me
             env = Envelope(self.me, me.address, me.incarnation, tuple(m for _, m in sends))
             self.mesh._emit(Output([(address, env)], []))
-            with trio.move_on_after(2.0):
+            with trio.move_on_after(SYNC_TIMEOUT):
                 await done.wait()
                 self._confirmed = True
                 self.wake()
@@ -596,6 +650,13 @@ class Failover:
             "owners": self.owners(),
             "stable": sorted(stable) if stable is not None else None,
             "policy": self.state.policy.split_brain,
+            "sync": {
+                "queued": len(self._sync_queue),
+                "running": self.sync_running,
+                "peak": self.sync_peak,
+                "started": self.mesh.stats.get("syncs_started", 0),
+                "dropped": self.mesh.stats.get("sync_dropped", 0),
+            },
             "plans": {
                 w: {"successor": t.successor, "reason": t.reason, "epoch": t.epoch}
                 for w, t in sorted(self.plans.items())

@@ -58,7 +58,10 @@ _FRAME_TYPES = (*sorted(_TYPE_NAMES), "empty", OTHER)
 _REASONS = (*BadFrame.REASONS, OTHER)
 # Authentic messages dropped after decoding: an envelope the protocol refused (LocalError),
 # malformed replication input, or membership input over a cap (`gossip.membership`).
-REFUSALS = ("protocol", "replication", *REFUSED_REASONS)
+# sync_queue: ownership exchanges with joining members dropped over the queue's bound
+# (`mesh.failover`); durable_vectors: durable vectors from senders that are not live
+# members, or of documents this node does not hold over the bound kept (`gossip.replication`).
+REFUSALS = ("protocol", "replication", *REFUSED_REASONS, "sync_queue", "durable_vectors")
 _LEVELS = ("local", *(str(i) for i in range(1, _MAX_LEVEL + 1)), "all", "many")
 _PIGGYBACK = "member_update"
 
@@ -177,7 +180,9 @@ _FAMILIES: dict[str, _Family] = {
         Counter, "statemesh_gossip_refused",
         "Authenticated messages dropped after decoding, by reason: protocol (envelope "
         "refused), replication (malformed), envelope_cap and table_full (new members over "
-        "a cap), forwards and sync_replies (requests over a cap).",
+        "a cap), forwards and sync_replies (requests over a cap), sync_queue (ownership "
+        "exchanges with joining members over the queue's bound), durable_vectors (from "
+        "non-members, or of documents not held here over the bound kept).",
         ("reason",),
     ),
 }  # fmt: skip

@@ -286,6 +286,8 @@ class Operations:
         refused = {
             "protocol": mesh.stats.get("refused_messages", 0),
             "replication": mesh.node.replicator.stats.malformed,
+            "sync_queue": mesh.stats.get("sync_dropped", 0),
+            "durable_vectors": mesh.node.replicator.stats.durable_refused,
             **mesh.node.membership.refused,
         }
         for reason, total in refused.items():

@@ -44,9 +44,18 @@ from crdt_types.errors import (
 )
 from gossip.framing import frame as length_prefixed
 from gossip.keyring import Keyring, write_key_file
-from gossip.messages import Digest, DocUpdate, Envelope, MembershipSync, MemberUpdate
+from gossip.messages import (
+    Digest,
+    DocUpdate,
+    DocVectors,
+    Envelope,
+    MembershipSync,
+    MemberUpdate,
+    ReplicaAck,
+)
 from gossip.seal import FrameCodec, Sealer
 from mesh import MeshConfig, open_mesh
+from mesh.failover import SYNC_QUEUE, SYNC_WORKERS
 from mesh.transport import TransportConfig
 from tests.cli.test_peer import Peer, wait_for
 from tests.mesh.helpers import MeshKit
@@ -199,6 +208,7 @@ class Vandal:
     """An authenticated sender of hand-made envelopes over one raw TCP connection."""
 
     def __init__(self, keyring: Keyring, target: str) -> None:
+        self.keyring = keyring
         self.codec = FrameCodec(Sealer("statemesh", keyring, "vandal", secrets.randbits(64)))
         host, port = target.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=5)
@@ -206,6 +216,12 @@ class Vandal:
     def send(self, *msgs: object) -> None:
         env = Envelope("vandal", "127.0.0.1:9", 0, tuple(msgs))
         self.sock.sendall(length_prefixed(self.codec.pack(time.time(), env)))
+
+    def send_as(self, sender: str, *msgs: object) -> None:
+        """Send `msgs` sealed with the key under any sender id the vandal likes."""
+        codec = FrameCodec(Sealer("statemesh", self.keyring, sender, secrets.randbits(64)))
+        env = Envelope(sender, "127.0.0.1:9", 0, tuple(msgs))
+        self.sock.sendall(length_prefixed(codec.pack(time.time(), env)))
 
     def close(self) -> None:
         self.sock.close()
@@ -498,3 +514,107 @@ async def test_api_misuse_gets_clear_errors_and_changes_nothing(tmp_path):
         await s.commit()
     with pytest.raises(Closed):
         await a.session("late")
+
+
+def _metric(mesh, reason: str) -> str:
+    mesh.ops.refresh()
+    text = mesh.ops.metrics.render().decode()
+    return next(x for x in text.splitlines() if f'_refused_total{{reason="{reason}"}}' in x)
+
+
+async def test_a_keyed_member_flood_costs_bounded_ownership_syncs_and_a_real_join_is_synced(
+    tmp_path,
+):
+    # Before the fix every made-up member started its own ownership-sync task and
+    # connection attempt: 2,048 at once, which stalled the loop for over a second.
+    key = Keyring([os.urandom(32)])
+    async with open_mesh(_cfg(tmp_path, "v", key=key)) as v:
+        ms = v.node.membership
+        failover = v.failover
+        assert failover is not None
+        cap = ms.config.max_new_members
+        vandal = Vandal(key, v.address)
+        try:
+            # Every fake address is on loopback, port 9 (discard: nothing listens).
+            flood = tuple(
+                MemberUpdate(f"f{i:x}", "127.0.0.1:9", 0, "alive", "x") for i in range(cap)
+            )
+            vandal.send(MembershipSync(flood, True))
+            await wait_until("flood joined", lambda: len(ms.members) == 1 + cap)
+        finally:
+            vandal.close()
+        await wait_until("syncs started", lambda: failover.sync_running == SYNC_WORKERS)
+        # Bounded: never more exchanges in flight than workers, never more peers queued
+        # than the queue holds; the rest were dropped and counted.
+        assert failover.sync_peak == SYNC_WORKERS
+        assert len(failover._sync_queue) <= SYNC_QUEUE
+        dropped = v.stats["sync_dropped"]
+        assert dropped >= cap - SYNC_QUEUE - SYNC_WORKERS, dropped
+        assert v.stats["syncs_started"] <= cap - dropped
+        assert failover.trips.outstanding() <= failover.trips.limit
+        status = v.status()["sync"]
+        assert status["peak"] == SYNC_WORKERS and status["dropped"] == dropped
+        assert _metric(v, "sync_queue").endswith(f" {float(dropped)}")
+        # A real member joining now is served first (newest first) and answers: its
+        # exchange of the ownership table completes while the queue still holds fakes.
+        async with open_mesh(_cfg(tmp_path, "w", seeds=[v.address], n=1, key=key)) as w:
+            await wait_until("w joined", lambda: ms.state_of("w") == "alive")
+            await wait_until("w synced", lambda: "w" in failover.trips.answered)
+            assert failover.sync_peak == SYNC_WORKERS
+            assert len(w.node.membership.members) <= w.node.membership.config.max_members
+
+
+async def test_made_up_durable_vectors_stay_bounded_and_keep_no_node_behind(tmp_path):
+    # Before the fix v kept every vector of every sender for every document: one frame
+    # grew it by megabytes, and a keyed member's made-up documents held /readyz at 503.
+    key = Keyring([os.urandom(32)])
+    async with (
+        open_mesh(_cfg(tmp_path, "v", key=key)) as v,
+        open_mesh(_cfg(tmp_path, "w", seeds=[v.address], n=1, key=key)) as w,
+    ):
+        s = await w.session("real")
+        s.state.set_memory("k", "v")
+        assert await s.commit(replicas=1, timeout=10) == ["v"]
+        await wait_until("v ready", lambda: v.ops.readiness().ready)
+        replicator = v.node.replicator
+        real = replicator.durable_entries
+        doc = pycrdt.Doc(client_id=4242)
+        with doc.transaction():
+            doc.get("m", type=pycrdt.Map)["k"] = 1
+        sv = doc.get_state()
+        per_frame, frames = 10_000, 4
+        vandal = Vandal(key, v.address)
+        try:
+            # Made-up senders (never members): acks and anti-entropy vectors.
+            for i in range(200):
+                vandal.send_as(f"ghost{i}", ReplicaAck(((f"made-up/{i}", sv),)))
+            ghost_docs = tuple((f"ghost-doc/{i}", sv, b"", sv) for i in range(per_frame))
+            vandal.send_as("ghost-av", DocVectors(7, (), ghost_docs, True))
+            # A member that is keyed and hostile (w's own sealer, so v takes these for
+            # w's frames): vectors of documents nobody holds.
+            me = w.node.membership
+            for f in range(frames):
+                entries = tuple((f"made-up/{f}/{i}", sv) for i in range(per_frame))
+                env = Envelope("w", w.address, me.incarnation, (ReplicaAck(entries),))
+                vandal.sock.sendall(length_prefixed(w.codec.pack(time.time(), env)))
+            flood = 200 + per_frame + frames * per_frame
+            limit = replicator.config.max_unknown_durable
+            await wait_until("refused", lambda: replicator.stats.durable_refused >= flood - limit)
+        finally:
+            vandal.close()
+        assert replicator.durable_entries <= real + limit, replicator.durable_entries
+        assert not any(n.startswith("ghost") for n in replicator._peer_durable)
+        assert _metric(v, "durable_vectors").endswith(f" {float(replicator.stats.durable_refused)}")
+        # The made-up documents count as behind only until nobody served them for
+        # `unserved_after` (shortened here; 10 s by default): then v is behind nobody
+        # (before the fix, behind w for ever: 503 once past ready_lag).
+        v.ops.catch_up.unserved_after = 0.5
+        await wait_until("unserved", lambda: v.ops.readiness().behind == {})
+        readiness = v.ops.readiness()
+        assert readiness.ready and v.ops.catch_up.unserved == limit, readiness
+        # (w may be suspect a moment: v spent a while on the flood instead of its probes.)
+        assert v.node.membership.is_live("w")
+        # Commits still count the real peer, and only it.
+        s = await v.session("after")
+        s.state.set_memory("k", "v")
+        assert await s.commit(replicas=1, timeout=10) == ["w"]
