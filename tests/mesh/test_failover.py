@@ -15,13 +15,20 @@ import trio
 
 from crdt_types.errors import Fenced, LocalError, NotOwner
 from crdt_types.vv import decode_state_vector
-from gossip.events import MemberDead, MemberLeft, OwnerChanged, StandbyAssigned, WorkloadFenced
+from gossip.events import (
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
+    OwnerChanged,
+    StandbyAssigned,
+    WorkloadFenced,
+)
 from gossip.failover import FailoverPolicy
 from gossip.messages import DocDiff, DocUpdate, Envelope
 from gossip.node import Output
 from gossip.successor import rank
 from mesh import open_mesh
-from mesh.failover import STABLE_FILE, SessionTakenOver
+from mesh.failover import STABLE_FILE, SYNC_QUEUE, SessionTakenOver
 from tests.mesh.helpers import MeshKit, alive
 
 SEED = 5150
@@ -318,3 +325,20 @@ async def test_a_takeover_whose_claim_lost_the_merge_does_not_run_the_handler(tm
         assert b.owner_of("contested") == "n2"
         with pytest.raises(NotOwner):
             s.state.append_message("user", "not ours any more")
+
+
+async def test_ownership_syncs_are_queued_deduplicated_newest_first_and_bounded(tmp_path):
+    async with nodes(tmp_path, 1) as (a,):
+        f = a.failover
+        # No checkpoint between these calls, so no worker takes from the queue yet. The
+        # announced members are made up; they are never contacted (the queue is cleared).
+        for i in range(SYNC_QUEUE + 10):
+            f.on_event(MemberJoined(f"x{i}", "127.0.0.1:9", 0))
+        assert len(f._sync_queue) == SYNC_QUEUE and a.stats["sync_dropped"] == 10
+        assert next(iter(f._sync_queue)) == "x10"  # the oldest went first
+        f.on_event(MemberJoined("x20", "127.0.0.1:9", 0))  # again: moved, not duplicated
+        f.on_event(MemberJoined(a.node_id, "127.0.0.1:9", 0))  # ourselves: never queued
+        assert len(f._sync_queue) == SYNC_QUEUE and list(f._sync_queue)[-1] == "x20"
+        assert a.stats["sync_dropped"] == 10
+        f._sync_queue.clear()
+        assert a.status()["sync"]["dropped"] == 10
