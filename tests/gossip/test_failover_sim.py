@@ -140,15 +140,21 @@ class Mesh:
 # instant: the harness decided only every 50 ms, so a better-ranked member's late verdict
 # and the next member's slot fell in one step. It now also decides on change and at
 # deadlines, as the runtime does.
-@pytest.mark.parametrize("seed", range(1, 31))
-def test_killed_owner_is_replaced_once_by_a_caught_up_peer(seed):
+def _five_nodes_n1_owns_six(seed: int) -> tuple[Mesh, list[str]]:
+    """Five started nodes at 0.5 s of virtual time; n1 claims six sessions at epoch 1."""
     mesh = Mesh(seed, 5)
-    sim = mesh.sim
     sessions = [f"session/{i}" for i in range(6)]
     mesh.start()
-    sim.run_until(0.5)
+    mesh.sim.run_until(0.5)
     for w in sessions:
         mesh.claim("n1", w, "n1", 1)
+    return mesh, sessions
+
+
+@pytest.mark.parametrize("seed", range(1, 31))
+def test_killed_owner_is_replaced_once_by_a_caught_up_peer(seed):
+    mesh, sessions = _five_nodes_n1_owns_six(seed)
+    sim = mesh.sim
     for i in range(20):
         sim.at(1.0 + i * 0.1, lambda i=i: sim.write("n1", sessions[i % 6], f"k{i}", f"v{i}"))
     sim.run_until(3.0)
@@ -208,13 +214,8 @@ def test_a_node_that_cannot_send_never_takes_over_from_a_live_owner(seed):
     # hears it, and the owner n1 does not reach it either (so no frame from the owner
     # holds it back). Its probes fail, it declares n1 dead; counting the members it merely
     # heard as a quorum, it took the live owner's sessions and fenced it on heal.
-    mesh = Mesh(seed, 5)
+    mesh, sessions = _five_nodes_n1_owns_six(seed)
     sim = mesh.sim
-    sessions = [f"session/{i}" for i in range(6)]
-    mesh.start()
-    sim.run_until(0.5)
-    for w in sessions:
-        mesh.claim("n1", w, "n1", 1)
     sim.run_until(3.0)
     sim.cut_outbound(3.0, 13.0, "n3")
     sim.cut_outbound(3.0, 13.0, "n1", to=["n3"])
