@@ -94,6 +94,7 @@ def line_plot(
     step: bool = False,
     ylim: tuple[float, float] | None = None,
     logx: bool = False,
+    integer_x: bool = False,
 ) -> None:
     """Draw named curves into one PNG at `path`."""
     plt = _pyplot()
@@ -109,6 +110,10 @@ def line_plot(
             ax.set_ylim(*ylim)
         if logx:
             ax.set_xscale("symlog", linthresh=1.0)
+        if integer_x:  # counts such as trial numbers: no tick at 2.5
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(loc="best")
         fig.tight_layout()
         fig.savefig(path, format="png")

@@ -175,6 +175,7 @@ def _trials(cluster: AgentCluster, trials: int, writes: int, plot: Path | None) 
             title="statemesh failover: SIGKILL of the session owner, 3 peers",
             xlabel="trial",
             ylabel="ms",
+            integer_x=True,
         )  # fmt: skip
     return {
         "trials": trials,
