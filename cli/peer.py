@@ -44,6 +44,7 @@ import trio
 from crdt_types.errors import LocalError, StatemeshError, StorageError
 from gossip.config import PROFILES
 from gossip.quorum import POLICIES
+from mesh.config import UNREADABLE_POLICIES
 from mesh.settings import LOG_FORMATS, LOG_LEVELS
 
 DEFAULT_PORT = 7946
@@ -102,6 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="SECONDS",
         help="/readyz: how long being behind peers still counts as ready (default 2)",
+    )
+    p.add_argument(
+        "--on-unreadable-store",
+        default=None,
+        choices=UNREADABLE_POLICIES,
+        help="a database file SQLite cannot read: refill (default: move it into"
+        " DATA/unreadable-*/, start empty, refill from peers) or stop (exit 2)",
     )
     p.add_argument(
         "--log-format", default=None, choices=LOG_FORMATS, help="human (default) or json lines"

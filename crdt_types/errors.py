@@ -62,6 +62,14 @@ class CorruptRecord(StorageError):
         self.seq = seq
 
 
+class UnreadableStore(StorageError):
+    """SQLite cannot open or read the database file itself; `path` names it."""
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class DiskFull(StorageError):
     """The disk is full; the write was not acknowledged and nothing acknowledged is lost."""
 

@@ -24,14 +24,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crdt_types.errors import LocalError
+from crdt_types.errors import InvalidValue, LocalError
 from gossip.config import PROFILES, GossipConfig
 from gossip.config import profile as gossip_profile
 from gossip.keyring import Keyring, load_key_file
 from gossip.replication import ReplicationConfig
 from mesh.transport import TransportConfig, parse_address
 
-__all__ = ["MeshConfig"]
+__all__ = ["UNREADABLE_POLICIES", "MeshConfig"]
+
+# What the runtime does when SQLite cannot read the database file at all.
+UNREADABLE_POLICIES = ("refill", "stop")
 
 _MAX_NAME_BYTES = 200  # node ids and cluster names travel in mDNS TXT records
 
@@ -79,6 +82,8 @@ class MeshConfig:
     commit_timeout: float = 10.0  # default timeout of commit(replicas=...)
     split_brain: str = "majority"  # or "availability" (see gossip.quorum)
     ready_lag: float = 2.0  # /readyz: seconds behind peers that still count as ready
+    # An unreadable database file: "refill" moves it aside and starts empty, "stop" exits.
+    on_unreadable_store: str = "refill"
     _keyring: Keyring | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +137,10 @@ class MeshConfig:
         if self.split_brain not in ("majority", "availability"):
             raise LocalError(
                 f"split_brain must be 'majority' or 'availability', got {self.split_brain!r}"
+            )
+        if self.on_unreadable_store not in UNREADABLE_POLICIES:
+            raise InvalidValue(
+                f"on_unreadable_store must be 'refill' or 'stop', got {self.on_unreadable_store!r}"
             )
         if not isinstance(self.insecure, bool) or not isinstance(self.mdns, bool):
             raise LocalError("insecure and mdns must be bools")

@@ -27,7 +27,9 @@ Two signals, served as `/livez` and `/readyz` by `mesh.ops_http`:
   advertiser sends it in the same exchange), and one that nobody serves by then (made
   up by a keyed peer, or gone) must not hold readiness back forever. The strict first
   catch-up still needs equal digest trees with a live peer, which a made-up vector
-  cannot fake.
+  cannot fake. A node whose database file was unreadable at start (moved aside, started
+  empty) is not ready until that first catch-up, even with no live peer: it may have
+  acknowledged writes it no longer holds.
 
 Invariants: nothing here touches pycrdt or the network; `CatchUp` and `assess` are plain
 functions of their inputs (time passed in), so they are tested without a mesh; the
@@ -301,10 +303,12 @@ def assess(
     leaving: bool = False,
     standby_behind: Iterable[tuple[str, str]] = (),
     damaged: Iterable[str] = (),
+    recovered_from: str | None = None,
 ) -> Readiness:
     """Decide readiness from plain facts (see the module docstring for the rules).
 
-    `damaged` describes each document loaded from a damaged log (id, record, cause).
+    `damaged` describes each document loaded from a damaged log (id, record, cause);
+    `recovered_from` is where an unreadable database file was moved at start.
     """
     ready_lag = _positive(ready_lag, "ready_lag")
     reasons: list[str] = []
@@ -319,6 +323,10 @@ def assess(
             f"damaged: {len(damaged)} document(s) damaged on disk, refilling from peers"
             f" (durable commits on them refused): {'; '.join(damaged)}"
         )
+    if recovered_from is not None and not catch_up.caught_up_once:
+        # Started empty: even alone, nothing says this node holds what it acknowledged
+        # before, so it is not ready until one complete catch-up with a live peer.
+        reasons.append(f"store was unreadable: moved to {recovered_from}; refilling from peers")
     alone = live_peers == 0
     if alone and expects_peers and now - started_at < JOIN_GRACE:
         reasons.append(

@@ -345,6 +345,7 @@ class Operations:
             leaving=mesh._leaving or mesh._closed,
             standby_behind=self._standby_behind(),
             damaged=[str(d) for _, d in sorted(mesh.replica.damaged.items())],
+            recovered_from=getattr(mesh, "store_recovered_from", None),
         )
         self._readiness = readiness
         return readiness

@@ -40,6 +40,7 @@ store's group commit is bounded by what writers submit.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import secrets
 import time
@@ -59,6 +60,7 @@ from crdt_types.errors import (
     LocalError,
     StatemeshError,
     StorageError,
+    UnreadableStore,
 )
 from crdt_types.fingerprint import fingerprint_hex
 from crdt_types.ownership import OwnershipTable
@@ -81,8 +83,10 @@ from mesh.config import MeshConfig
 from mesh.failover import Failover
 from mesh.ops import Operations
 from mesh.replica_store import CLIENT_ID_POOL, DurableReplica
-from mesh.storage import AsyncStore, Pending
+from mesh.storage import AsyncStore, Pending, move_unreadable
 from mesh.transport import Transport, parse_address
+
+_log = logging.getLogger("statemesh.peer")
 
 __all__ = [
     "Mesh",
@@ -227,6 +231,8 @@ class Mesh:
             host, _ = parse_address(self.address)
             self.address = f"{host}:{transport.port}"
         self.replica = DurableReplica(store, docs, on_change=self._changed)
+        # Where an unreadable database file was moved at start (open_mesh), else None.
+        self.store_recovered_from: str | None = None
         # session doc id -> (epoch, replicas) at which its ownership claim is known held
         self._claims_replicated: dict[str, tuple[int, int | str]] = {}
         # Seeds and addresses given to join(): a node that leaves before it has heard
@@ -480,6 +486,7 @@ class Mesh:
             "bad_frames": dict(self.codec.rejected),
             "frames_accepted": self.codec.accepted,
             "counters": dict(self.stats),
+            "store_recovered_from": self.store_recovered_from,
             **({} if self.failover is None else self.failover.status()),
         }
 
@@ -867,14 +874,39 @@ async def open_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
     if not isinstance(config, MeshConfig):
         raise LocalError("open_mesh takes a MeshConfig")
     rng = random.Random(config.seed if config.seed is not None else secrets.randbits(64))
+    recovered_from: str | None = None
+    stack = contextlib.AsyncExitStack()
     try:
-        async with AsyncStore.open(config.data_dir, node_name=config.node) as store:
+        try:
+            store = await stack.enter_async_context(
+                AsyncStore.open(config.data_dir, node_name=config.node)
+            )
+        except UnreadableStore as exc:
+            if config.on_unreadable_store != "refill":
+                raise
+            # Nothing acknowledged is lost by starting empty: every acknowledgement named
+            # replicas that hold it, and the node refills from them; the old file is kept
+            # for `statemesh inspect`.
+            moved = await trio.to_thread.run_sync(move_unreadable, config.data_dir)
+            recovered_from = str(moved)
+            _log.warning(
+                "store %s is unreadable (%s): moved it and its -wal/-shm files to %s;"
+                " this peer starts empty and refills from its peers",
+                exc.path,
+                exc.__cause__ or exc,
+                moved,
+            )
+            store = await stack.enter_async_context(
+                AsyncStore.open(config.data_dir, node_name=config.node)
+            )
+        async with stack:
             # Salvage: a damaged document keeps what came before the damage and is marked;
             # the node serves, reports it on /readyz and refills it from peers (mesh.ops).
             loaded, unloadable = await store.recover_all(salvage=True)
             docs = {doc_id: result.doc for doc_id, result in loaded.items()}
             async with Transport(config.listen, config.transport, rng=rng) as transport:
                 mesh = Mesh(config, store, transport, docs, rng)
+                mesh.store_recovered_from = recovered_from
                 for result in loaded.values():
                     if result.error is not None:
                         mesh.replica.mark_damaged(result.error)

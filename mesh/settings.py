@@ -60,6 +60,7 @@ from typing import Any, TextIO
 from crdt_types.errors import LocalError
 from gossip.config import PROFILES
 from gossip.quorum import MAJORITY, POLICIES
+from mesh.config import UNREADABLE_POLICIES
 from mesh.transport import parse_address
 
 __all__ = [
@@ -102,6 +103,7 @@ class PeerSettings:
     commit_timeout: float = 10.0
     leave_timeout: float = 2.0
     ready_lag: float = 2.0  # /readyz: how far behind peers (seconds) still counts as ready
+    on_unreadable_store: str = "refill"  # or "stop": see mesh.runtime.open_mesh
 
     def mesh_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `mesh.config.MeshConfig` (listen only when set: the CLI picks)."""
@@ -122,6 +124,7 @@ class PeerSettings:
             "commit_timeout": self.commit_timeout,
             "leave_timeout": self.leave_timeout,
             "ready_lag": self.ready_lag,
+            "on_unreadable_store": self.on_unreadable_store,
         }
         if self.listen is not None:
             kwargs["listen"] = self.listen
@@ -169,10 +172,12 @@ _KINDS: dict[str, str] = {
     "commit_timeout": _SECONDS,
     "leave_timeout": _SECONDS,
     "ready_lag": _SECONDS,
+    "on_unreadable_store": _STR,
 }
 _CHOICES = {
     "profile": tuple(sorted(PROFILES)),
     "split_brain": POLICIES,
+    "on_unreadable_store": UNREADABLE_POLICIES,
     "log_format": LOG_FORMATS,
     "log_level": LOG_LEVELS,
 }

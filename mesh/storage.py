@@ -65,6 +65,7 @@ from crdt_types.errors import (
     StatemeshError,
     StorageError,
     StoreClosed,
+    UnreadableStore,
 )
 from crdt_types.fingerprint import fingerprint_hex
 from crdt_types.schema import validate_document
@@ -991,12 +992,43 @@ def _translate(exc: sqlite3.Error, what: str, path: Path) -> StorageError:
     if primary == _SQLITE_FULL:
         return DiskFull(f"{what}: disk full at {path}: {exc}")
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in str(exc):
-        return StorageError(
+        return UnreadableStore(
+            path,
             f"{what}: database file {path} is damaged: {exc}; to recover, move it and its"
             " -wal and -shm files aside and restart the peer: it starts empty and refills"
-            " from its peers"
+            " from its peers",
         )
     return StorageError(f"{what}: {path}: {exc}")
+
+
+def move_unreadable(data_dir: str | os.PathLike[str], now: float | None = None) -> Path:
+    """Move the database file and its -wal/-shm files into DATA_DIR/unreadable-<UTC time>/.
+
+    Holds the directory lock while moving, so a running peer's files are never moved;
+    `now` (epoch seconds) names the subdirectory. Returns the subdirectory.
+    """
+    directory = Path(data_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    lock_fd = _lock_directory(directory)
+    try:
+        target = directory / f"unreadable-{stamp}"
+        for n in range(1, 1000):  # two recoveries within one second get distinct homes
+            if not target.exists():
+                break
+            target = directory / f"unreadable-{stamp}-{n}"
+        try:
+            target.mkdir()
+            # The -wal first: moving the main file alone would leave a log SQLite would
+            # replay into the fresh store.
+            for suffix in ("-wal", "-shm", ""):
+                source = directory / (DB_NAME + suffix)
+                if source.exists():
+                    os.replace(source, target / source.name)
+        except OSError as exc:
+            raise StorageError(f"cannot move the unreadable store aside: {exc}") from exc
+    finally:
+        os.close(lock_fd)
+    return target
 
 
 def _lock_directory(directory: Path) -> int:

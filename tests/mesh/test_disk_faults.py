@@ -33,9 +33,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from crdt_types.errors import CorruptRecord, DiskFull, NotOwner, StorageError
+from crdt_types.errors import CorruptRecord, DiskFull, NotOwner, StorageError, UnreadableStore
 from mesh import MeshConfig, open_mesh
-from mesh.storage import DB_NAME, Store
+from mesh.storage import DB_NAME, Store, move_unreadable
 from tests.mesh.helpers import MeshKit
 
 SEED = 20261203
@@ -143,8 +143,8 @@ STATEMESH = [sys.executable, "-m", "cli.main"]
 _kit = MeshKit(SEED)
 
 
-def _peer_once(data: Path) -> subprocess.CompletedProcess:
-    args = ["peer", "--node", "n", "--data", str(data), "--listen", "127.0.0.1:0"]
+def _peer_once(data: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = ["peer", "--node", "n", "--data", str(data), "--listen", "127.0.0.1:0", *extra]
     return subprocess.run(
         [*STATEMESH, *args, "--no-mdns", "--insecure"], capture_output=True, text=True, timeout=60
     )
@@ -382,23 +382,114 @@ async def test_a_peer_starts_on_a_corrupted_file_and_reports_the_damaged_documen
     assert "Traceback" not in stderr, stderr
 
 
+def _truncate(db: Path) -> bytes:
+    """Cut the database file to half its size (what a lost tail leaves); its new bytes."""
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.truncate(size // 2)
+    return db.read_bytes()
+
+
 async def test_a_truncated_database_stops_the_peer_with_one_line_saying_what_to_do(tmp_path):
     data = tmp_path / "n"
     await _write_five(data)
     db = data / DB_NAME
-    size = db.stat().st_size
-    with open(db, "r+b") as f:
-        f.truncate(size // 2)
+    _truncate(db)
     before = _files(data)
-    out = _peer_once(data)
+    out = _peer_once(data, "--on-unreadable-store", "stop")
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and str(db) in lines[0] and "damaged" in lines[0], lines
     assert "move it" in lines[0] and "refills from its peers" in lines[0], lines
     assert _files(data) == before
-    with pytest.raises(StorageError):
-        async with open_mesh(_cfg(data)):
+    assert not list(data.glob("unreadable-*")), "the stop policy moved the file"
+    with pytest.raises(UnreadableStore) as caught:
+        async with open_mesh(_cfg(data, on_unreadable_store="stop")):
             pass
+    assert caught.value.path == db and isinstance(caught.value, StorageError)
+    assert _files(data) == before
+
+
+async def test_a_truncated_database_is_moved_aside_and_the_node_starts_empty_not_ready(
+    tmp_path, caplog
+):
+    data = tmp_path / "n"
+    await _write_five(data)
+    db = data / DB_NAME
+    truncated = _truncate(db)
+    async with open_mesh(_cfg(data, http="127.0.0.1:0")) as mesh:
+        (moved,) = list(data.glob("unreadable-*"))
+        assert (moved / DB_NAME).read_bytes() == truncated  # kept as it was, for inspect
+        assert mesh.store_recovered_from == str(moved)
+        assert mesh.sessions() == [] and len(mesh.replica) == 0  # started empty
+        status, body = await _readyz(mesh)
+        assert status == 503, body
+        want = f"store was unreadable: moved to {moved}; refilling from peers"
+        assert want in body["reasons"], body
+        code, full = await _http_get(mesh.http_address, "/status")
+        assert code == 200 and full["store_recovered_from"] == str(moved), full
+        # The fresh store works: the directory lock is held again and writes are durable.
+        with pytest.raises(StorageError, match="in use"):
+            Store.open(data)
+        s = await mesh.session("new")
+        s.state.set_memory("k", "v")
+        await s.commit()
+    warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING", warnings
+    line = warnings[0].getMessage()
+    assert str(db) in line and str(moved) in line and "refills from its peers" in line, line
+    # A restart uses the fresh store and moves nothing more.
+    async with open_mesh(_cfg(data)) as mesh:
+        assert mesh.store_recovered_from is None
+        assert mesh.read_session("new").get_memory("k") == "v"
+    assert len(list(data.glob("unreadable-*"))) == 1
+
+
+def test_moving_an_unreadable_store_takes_its_log_files_and_respects_the_lock(tmp_path):
+    data = tmp_path / "n"
+    data.mkdir()
+    files = {DB_NAME + suffix: os.urandom(64) for suffix in ("", "-wal", "-shm")}
+    for name, raw in files.items():
+        (data / name).write_bytes(raw)
+    with Store.open(tmp_path / "busy"):
+        # A running peer's files are never moved: the directory lock says it is running.
+        with pytest.raises(StorageError, match="in use"):
+            move_unreadable(tmp_path / "busy")
+        assert (tmp_path / "busy" / DB_NAME).exists()
+    moved = move_unreadable(data, now=0.0)
+    assert moved == data / "unreadable-19700101T000000Z"
+    assert {p.name: p.read_bytes() for p in moved.iterdir()} == files
+    assert not any((data / name).exists() for name in files)
+    # A second recovery in the same second gets its own directory.
+    (data / DB_NAME).write_bytes(b"again")
+    again = move_unreadable(data, now=0.0)
+    assert again != moved and (again / DB_NAME).read_bytes() == b"again"
+
+
+async def test_a_node_started_on_an_unreadable_store_refills_from_a_live_peer(tmp_path):
+    a_cfg = _kit.config(tmp_path, "a", http="127.0.0.1:0")
+    b_cfg = _kit.config(tmp_path, "b", seed=1)
+    acked: dict[str, int] = {}
+    async with open_mesh(a_cfg) as a, open_mesh(replace(b_cfg, seeds=[a.address])):
+        s = await a.session("s")
+        for i in range(5):
+            s.state.set_memory(f"k{i}", i)
+            assert await s.commit(replicas=1, timeout=10) == ["b"]
+            acked[f"k{i}"] = i
+    _truncate(tmp_path / "a" / DB_NAME)
+    async with open_mesh(b_cfg) as b, open_mesh(replace(a_cfg, seeds=[b.address])) as a:
+        assert a.store_recovered_from is not None
+        status, body = await _readyz(a)
+        for _ in range(200):  # bounded: refill then the first catch-up
+            if status == 200:
+                break
+            await trio.sleep(0.1)
+            status, body = await _readyz(a)
+        assert status == 200, body
+        assert a.replica.fingerprint("session/s") == b.replica.fingerprint("session/s")
+        state = a.read_session("s")
+        assert {k: state.get_memory(k) for k in acked} == acked
+        assert a.documents() == b.documents()
 
 
 # --- a real peer on a full disk: no replica acks it cannot honour -------------------------------

@@ -510,3 +510,33 @@ def test_split_brain_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_p
     assert MeshConfig(**s.mesh_kwargs()).split_brain == "availability"
     with pytest.raises(LocalError, match="split-brain: must be one of majority, availability"):
         _resolve(flags={**BASE, "split_brain": "both"})
+
+
+def test_unreadable_store_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_path):
+    from cli.main import build_parser
+    from crdt_types.errors import InvalidValue
+    from mesh.config import MeshConfig
+
+    assert _resolve(flags=BASE).on_unreadable_store == "refill"  # the default
+    path = _write(tmp_path, {**BASE, "on_unreadable_store": "stop"})
+    assert _resolve(config=path).on_unreadable_store == "stop"
+    env = {"STATEMESH_ON_UNREADABLE_STORE": "refill"}
+    assert _resolve(env=env, config=path).on_unreadable_store == "refill"
+    args = build_parser().parse_args(
+        ["peer", "--node", "n", "--data", str(tmp_path / "d"), "--insecure",
+         "--on-unreadable-store", "stop"]
+    )  # fmt: skip
+    s = _resolve(flags=vars(args), env=env, config=path)
+    assert MeshConfig(**s.mesh_kwargs()).on_unreadable_store == "stop"
+    # Each bad-input class: a flag, a file key, an env variable, a MeshConfig field.
+    with pytest.raises(LocalError, match="on-unreadable-store: must be one of refill, stop"):
+        _resolve(flags={**BASE, "on_unreadable_store": "ignore"})
+    bad = _write(tmp_path, {**BASE, "on_unreadable_store": "delete"})
+    with pytest.raises(
+        LocalError, match="'on_unreadable_store': must be one of refill, stop; got 'delete'"
+    ):
+        _resolve(config=bad)
+    with pytest.raises(LocalError, match="STATEMESH_ON_UNREADABLE_STORE: must be one of"):
+        _resolve(flags=BASE, env={"STATEMESH_ON_UNREADABLE_STORE": "yes"})
+    with pytest.raises(InvalidValue, match="on_unreadable_store must be 'refill' or 'stop'"):
+        MeshConfig(node="n", data_dir=tmp_path / "d", insecure=True, on_unreadable_store=True)
