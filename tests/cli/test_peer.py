@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -195,3 +196,39 @@ def test_sigkill_then_restart_from_the_data_dir_rejoins_with_state(tmp_path, pee
     wait_for(lambda: a.states().get("b") == "alive" and b2.states().get("a") == "alive")
     with urllib.request.urlopen(f"http://{b2.ready['http']}/documents", timeout=5) as r:
         assert json.loads(r.read())["session/kept"] == fingerprint
+
+
+def _readyz(peer: Peer) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://{peer.ready['http']}/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_peer_on_a_file_that_is_not_a_database_moves_it_aside_and_starts(tmp_path, peers):
+    data = tmp_path / "a"
+    data.mkdir()
+    junk = b"this is not a database" + bytes(4096)
+    (data / "statemesh.sqlite3").write_bytes(junk)
+    a = peers(*loopback(tmp_path, "a"))  # the default policy: refill
+    (moved,) = list(data.glob("unreadable-*"))
+    assert (moved / "statemesh.sqlite3").read_bytes() == junk
+    assert a.ready["documents"] == 0
+    assert a.status()["store_recovered_from"] == str(moved)
+    code, body = _readyz(a)
+    assert code == 503, body
+    assert f"store was unreadable: moved to {moved}; refilling from peers" in body["reasons"]
+    stderr = a.stop_hard()
+    lines = [line for line in stderr.splitlines() if "unreadable" in line]
+    assert len(lines) == 1 and str(moved) in lines[0], stderr
+    assert "refills from its peers" in lines[0] and "Traceback" not in stderr
+
+
+def test_a_bad_unreadable_store_policy_exits_2_with_one_line(tmp_path):
+    out = run_peer(*loopback(tmp_path, "a", "--on-unreadable-store", "delete"))
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("statemesh peer: error:"), out.stderr
+    assert "--on-unreadable-store" in lines[0] and "delete" in lines[0], out.stderr
+    assert "refill" in out.stderr and not (tmp_path / "a").exists()
