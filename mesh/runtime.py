@@ -5,7 +5,10 @@ loads the node's documents from its data directory, binds the transport, joins t
 (static seeds, and mDNS on the configured interfaces) and yields a `Mesh`. Leaving the
 block leaves the mesh gracefully: the departure is announced (members see `left`, not
 `dead`, so nothing fails over), every queued write is flushed to disk, and the sockets
-close, all within `MeshConfig.leave_timeout` plus the transport's flush timeout.
+close, all within `MeshConfig.leave_timeout` plus the transport's flush timeout. A
+database file SQLite cannot read at all is, by `MeshConfig.on_unreadable_store`, either
+moved into `DATA_DIR/unreadable-<UTC time>/` (the node starts empty, is not ready until
+its first catch-up, and refills from peers) or raised as `UnreadableStore`.
 
 How the parts meet (all on the one trio thread, which is the only thread that touches a
 pycrdt document):
@@ -868,21 +871,26 @@ def _single_leaf(group: BaseExceptionGroup) -> BaseException | None:
     return leaves[0] if len(leaves) == 1 else None
 
 
-@contextlib.asynccontextmanager
-async def open_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
-    """Run a mesh node for the duration of the block (see the module docstring)."""
-    if not isinstance(config, MeshConfig):
-        raise LocalError("open_mesh takes a MeshConfig")
-    rng = random.Random(config.seed if config.seed is not None else secrets.randbits(64))
+async def _open_store(
+    config: MeshConfig, stack: contextlib.AsyncExitStack
+) -> tuple[AsyncStore, dict[str, Any], list[Any], str | None]:
+    """Open the store into `stack` and load it; by policy, move an unreadable file aside.
+
+    Returns the store, what `recover_all` loaded, and where the unreadable file went.
+    """
     recovered_from: str | None = None
-    stack = contextlib.AsyncExitStack()
-    try:
+    for attempt in range(2):  # the second open is of a fresh, empty file
+        inner = contextlib.AsyncExitStack()
         try:
-            store = await stack.enter_async_context(
+            store = await inner.enter_async_context(
                 AsyncStore.open(config.data_dir, node_name=config.node)
             )
+            # Salvage: a damaged document keeps what came before the damage and is marked;
+            # the node serves, reports it on /readyz and refills it from peers (mesh.ops).
+            loaded, unloadable = await store.recover_all(salvage=True)
         except UnreadableStore as exc:
-            if config.on_unreadable_store != "refill":
+            await inner.aclose()  # releases the directory lock before the move takes it
+            if attempt or config.on_unreadable_store != "refill":
                 raise
             # Nothing acknowledged is lost by starting empty: every acknowledgement named
             # replicas that hold it, and the node refills from them; the old file is kept
@@ -896,13 +904,25 @@ async def open_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
                 exc.__cause__ or exc,
                 moved,
             )
-            store = await stack.enter_async_context(
-                AsyncStore.open(config.data_dir, node_name=config.node)
-            )
+            continue
+        except BaseException:
+            await inner.aclose()
+            raise
+        await stack.enter_async_context(inner.pop_all())
+        return store, loaded, unloadable, recovered_from
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+@contextlib.asynccontextmanager
+async def open_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
+    """Run a mesh node for the duration of the block (see the module docstring)."""
+    if not isinstance(config, MeshConfig):
+        raise LocalError("open_mesh takes a MeshConfig")
+    rng = random.Random(config.seed if config.seed is not None else secrets.randbits(64))
+    try:
+        stack = contextlib.AsyncExitStack()
+        store, loaded, unloadable, recovered_from = await _open_store(config, stack)
         async with stack:
-            # Salvage: a damaged document keeps what came before the damage and is marked;
-            # the node serves, reports it on /readyz and refills it from peers (mesh.ops).
-            loaded, unloadable = await store.recover_all(salvage=True)
             docs = {doc_id: result.doc for doc_id, result in loaded.items()}
             async with Transport(config.listen, config.transport, rng=rng) as transport:
                 mesh = Mesh(config, store, transport, docs, rng)

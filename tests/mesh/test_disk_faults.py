@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+import pycrdt
 import pytest
 import trio
 
@@ -443,6 +444,59 @@ async def test_a_truncated_database_is_moved_aside_and_the_node_starts_empty_not
         assert mesh.store_recovered_from is None
         assert mesh.read_session("new").get_memory("k") == "v"
     assert len(list(data.glob("unreadable-*"))) == 1
+
+
+def _readable_at_open_unreadable_when_loaded(data: Path) -> bytes:
+    """Zero the start of one page after another until SQLite opens the file but cannot load
+    it (a damaged b-tree page below the schema); the damaged file's bytes."""
+    doc = pycrdt.Doc()
+    memory = doc.get("m", type=pycrdt.Map)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    with Store.open(data) as store:
+        for i in range(300):
+            memory[f"k{i}"] = "x" * 200
+            store.append_many([(f"session/{i % 7}", updates[-1])])
+    db = data / DB_NAME
+    raw = db.read_bytes()
+    for page in range(1, len(raw) // 4096):  # bounded by the file's page count
+        damaged = bytearray(raw)
+        damaged[page * 4096 : page * 4096 + 100] = bytes(100)
+        db.write_bytes(bytes(damaged))
+        try:
+            with Store.open(data) as store:
+                store.recover_all(salvage=True)
+        except UnreadableStore:
+            found = bytes(damaged)
+        except StorageError:
+            continue
+        else:
+            continue
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):  # as found, no log
+            (data / name).unlink(missing_ok=True)
+        db.write_bytes(found)
+        return found
+    raise AssertionError(f"no page of {len(raw)} bytes fails only when loaded (seed {SEED})")
+
+
+async def test_a_file_unreadable_only_when_loaded_is_moved_aside_too(tmp_path, caplog):
+    data = tmp_path / "n"
+    damaged = _readable_at_open_unreadable_when_loaded(data)
+    async with open_mesh(_cfg(data, http="127.0.0.1:0")) as mesh:
+        (moved,) = list(data.glob("unreadable-*"))
+        # Still the damaged file, kept for inspection.
+        with pytest.raises(UnreadableStore), Store.open(moved, readonly=True) as store:
+            store.recover_all(salvage=True)
+        assert mesh.store_recovered_from == str(moved) and len(mesh.replica) == 0
+        status, body = await _readyz(mesh)
+        assert status == 503 and any("store was unreadable" in r for r in body["reasons"])
+    other = tmp_path / "m"
+    other.mkdir()
+    (other / DB_NAME).write_bytes(damaged)
+    with pytest.raises(UnreadableStore):  # and the stop policy stops on it
+        async with open_mesh(_cfg(other, on_unreadable_store="stop")):
+            pass
+    assert not list(other.glob("unreadable-*"))
 
 
 def test_moving_an_unreadable_store_takes_its_log_files_and_respects_the_lock(tmp_path):
