@@ -272,17 +272,26 @@ async def test_a_damaged_document_is_served_reported_and_refuses_durable_commits
         store.load("session/s")
 
 
-async def test_a_live_peer_refills_a_damaged_document_and_readyz_returns_to_200(tmp_path):
+async def _a_owns_five_writes_acked_by_b(tmp_path):
+    """Nodes a and b (a with HTTP); a writes k0..k4 to session s, each acked by b; both stop.
+
+    b leaves first, so a keeps owning the session (a graceful leave would hand it to b).
+    Returns both configs and the acknowledged writes.
+    """
     a_cfg = _kit.config(tmp_path, "a", http="127.0.0.1:0")
-    acked: dict[str, int] = {}
-    # b leaves first, so a keeps owning the session (a graceful leave would hand it to b).
     b_cfg = _kit.config(tmp_path, "b", seed=1)
+    acked: dict[str, int] = {}
     async with open_mesh(a_cfg) as a, open_mesh(replace(b_cfg, seeds=[a.address])):
         s = await a.session("s")
         for i in range(5):
             s.state.set_memory(f"k{i}", i)
             assert await s.commit(replicas=1, timeout=10) == ["b"]
             acked[f"k{i}"] = i
+    return a_cfg, b_cfg, acked
+
+
+async def test_a_live_peer_refills_a_damaged_document_and_readyz_returns_to_200(tmp_path):
+    a_cfg, b_cfg, acked = await _a_owns_five_writes_acked_by_b(tmp_path)
     async with open_mesh(b_cfg) as b:
         victim = _records(tmp_path / "a", "session/s")[-2]
         _damage(tmp_path / "a", "session/s", victim, "bytes")
@@ -521,15 +530,7 @@ def test_moving_an_unreadable_store_takes_its_log_files_and_respects_the_lock(tm
 
 
 async def test_a_node_started_on_an_unreadable_store_refills_from_a_live_peer(tmp_path):
-    a_cfg = _kit.config(tmp_path, "a", http="127.0.0.1:0")
-    b_cfg = _kit.config(tmp_path, "b", seed=1)
-    acked: dict[str, int] = {}
-    async with open_mesh(a_cfg) as a, open_mesh(replace(b_cfg, seeds=[a.address])):
-        s = await a.session("s")
-        for i in range(5):
-            s.state.set_memory(f"k{i}", i)
-            assert await s.commit(replicas=1, timeout=10) == ["b"]
-            acked[f"k{i}"] = i
+    a_cfg, b_cfg, acked = await _a_owns_five_writes_acked_by_b(tmp_path)
     _truncate(tmp_path / "a" / DB_NAME)
     async with open_mesh(b_cfg) as b, open_mesh(replace(a_cfg, seeds=[b.address])) as a:
         assert a.store_recovered_from is not None
