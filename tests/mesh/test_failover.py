@@ -227,21 +227,27 @@ def _drop_data(mesh) -> None:
     mesh.node.receive = filtered
 
 
+async def _n1_n2_recording_takeovers(stack, tmp_path, called: list[str]):
+    """Nodes n1 and n2 joined on `stack`; each appends its id to `called` when it takes over."""
+    b = await stack.enter_async_context(open_mesh(config(tmp_path, "n1", seed=1)))
+    c = await stack.enter_async_context(
+        open_mesh(config(tmp_path, "n2", seeds=[b.address], seed=2))
+    )
+    for m in (b, c):
+
+        async def on_takeover(session, pending, m=m):
+            called.append(m.node_id)
+
+        m.on_takeover(on_takeover)
+    return b, c
+
+
 async def test_a_behind_replica_is_not_chosen_while_a_caught_up_one_exists(tmp_path):
     # n1 ranks first for this session, so only the coverage rule can pass it over.
     sid = next(f"s{i}" for i in range(100) if rank(f"session/s{i}", ["n1", "n2"])[0] == "n1")
     called: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
-        b = await stack.enter_async_context(open_mesh(config(tmp_path, "n1", seed=1)))
-        c = await stack.enter_async_context(
-            open_mesh(config(tmp_path, "n2", seeds=[b.address], seed=2))
-        )
-        for m in (b, c):
-
-            async def on_takeover(session, pending, m=m):
-                called.append(m.node_id)
-
-            m.on_takeover(on_takeover)
+        b, c = await _n1_n2_recording_takeovers(stack, tmp_path, called)
         _drop_data(b)
         async with open_mesh(config(tmp_path, "n0", seeds=[b.address])) as a:
             everyone = ["n0", "n1", "n2"]
@@ -277,17 +283,9 @@ async def test_two_successors_claiming_at_once_run_the_handler_once(tmp_path):
     # claim everywhere, and only that claimant may resume the agent.
     called: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
-        b = await stack.enter_async_context(open_mesh(config(tmp_path, "n1", seed=1)))
-        c = await stack.enter_async_context(
-            open_mesh(config(tmp_path, "n2", seeds=[b.address], seed=2))
-        )
+        b, c = await _n1_n2_recording_takeovers(stack, tmp_path, called)
         for m in (b, c):
             m.failover.state.policy = FailoverPolicy(stagger=0.0)
-
-            async def on_takeover(session, pending, m=m):
-                called.append(m.node_id)
-
-            m.on_takeover(on_takeover)
         async with open_mesh(config(tmp_path, "n0", seeds=[b.address])) as a:
             everyone = ["n0", "n1", "n2"]
             await wait_until(
