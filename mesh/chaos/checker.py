@@ -216,10 +216,8 @@ def check(
 
     rto: float | None = None
     for w in windows:
-        if w.kind not in ("kill", "stop"):
-            continue
         for c in changes:
-            if c.previous == w.node and w.start <= c.t <= w.end + RTO_TAIL:
+            if _caused(w, c):
                 ms = (c.t - w.start) * 1000.0
                 rto = ms if rto is None else max(rto, ms)
                 break
@@ -246,10 +244,13 @@ def takeover_rto_ms(change: OwnerChange, windows: Iterable[FaultWindow]) -> floa
     before the takeover), applied to one takeover; None when no such fault explains it.
     """
     for w in windows:
-        if (
-            w.kind in ("kill", "stop")
-            and w.node == change.previous
-            and w.start <= change.t <= w.end + RTO_TAIL
-        ):
+        if _caused(w, change):
             return round((change.t - w.start) * 1000.0, 1)
     return None
+
+
+def _caused(w: FaultWindow, c: OwnerChange) -> bool:
+    """Whether kill or freeze `w` of the old owner explains takeover `c` (the RTO rule)."""
+    return (
+        w.kind in ("kill", "stop") and w.node == c.previous and w.start <= c.t <= w.end + RTO_TAIL
+    )
