@@ -345,7 +345,7 @@ class Operations:
             leaving=mesh._leaving or mesh._closed,
             standby_behind=self._standby_behind(),
             damaged=[str(d) for _, d in sorted(mesh.replica.damaged.items())],
-            recovered_from=getattr(mesh, "store_recovered_from", None),
+            recovered_from=mesh.store_recovered_from,
         )
         self._readiness = readiness
         return readiness
