@@ -72,7 +72,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from crdt_types.errors import InvalidValue, LocalError
@@ -389,6 +389,10 @@ class Takeover:
     def epoch(self) -> int:
         """The epoch to claim at."""
         return self.previous_epoch + 1
+
+    def held(self, reason: str, until: float) -> Takeover:
+        """This plan put on hold for `reason` until `until`: no successor, no slot."""
+        return replace(self, successor=None, reason=reason, not_before=until, my_slot=None)
 
     def claim_due(self, now: float) -> bool:
         """True if this node should claim the workload at `now`."""
@@ -830,16 +834,7 @@ class FailoverState:
             existed = self._stable_from <= owner.since
             stale = first - owner.since > LATE_QUORUM or alone[key]
             if existed and stale and now < until:
-                t = Takeover(
-                    t.workload,
-                    t.previous_owner,
-                    t.previous_epoch,
-                    None,
-                    "late_quorum",
-                    until,
-                    None,
-                    t.target,
-                )
+                t = t.held("late_quorum", until)
             out.append(t)
         self._quorum_at = keep
         self._alone = alone
@@ -880,16 +875,7 @@ class FailoverState:
                 and now < until
                 and t.reason not in ("owner_heard", "no_quorum")
             ):
-                t = Takeover(
-                    t.workload,
-                    t.previous_owner,
-                    t.previous_epoch,
-                    None,
-                    "owner_heard",
-                    until,
-                    None,
-                    t.target,
-                )
+                t = t.held("owner_heard", until)
             out.append(t)
         return out
 
