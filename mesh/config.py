@@ -28,6 +28,7 @@ from crdt_types.errors import InvalidValue, LocalError
 from gossip.config import PROFILES, GossipConfig
 from gossip.config import profile as gossip_profile
 from gossip.keyring import Keyring, load_key_file
+from gossip.quorum import POLICIES
 from gossip.replication import ReplicationConfig
 from mesh.transport import TransportConfig, parse_address
 
@@ -134,7 +135,7 @@ class MeshConfig:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise LocalError(f"seed must be an int, got {self.seed!r}")
-        if self.split_brain not in ("majority", "availability"):
+        if self.split_brain not in POLICIES:
             raise LocalError(
                 f"split_brain must be 'majority' or 'availability', got {self.split_brain!r}"
             )
