@@ -329,7 +329,6 @@ class Replicator:
         self._budget_now: float | None = None
         self._budget_used: dict[str, int] = {}
         self._views: dict[str, bytes] = {}  # origin -> digest of our view with us for it
-        self._rounds_for = (0, 0)  # (cluster size, rumour rounds) last computed
         self._asked_at: tuple[float, str] | None = None  # (now, sender) of `_asked`
         self._asked: set[object] = set()  # requests of that sender answered at that instant
         self.rebuild()
@@ -606,10 +605,7 @@ class Replicator:
 
     def _rounds(self) -> int:
         n = len(self._peers) + 1
-        if self._rounds_for[0] != n:
-            rounds = max(1, self.config.retransmit_mult * math.ceil(math.log10(n + 1)))
-            self._rounds_for = (n, rounds)
-        return self._rounds_for[1]
+        return max(1, self.config.retransmit_mult * math.ceil(math.log10(n + 1)))
 
     def _pick(self, k: int, exclude: Iterable[str]) -> list[str]:
         excluded = set(exclude)
