@@ -84,8 +84,7 @@ class AgentCluster:
         found: list[dict] = []
 
         def handle(name: str, ev: dict[str, Any]) -> None:
-            ev["peer"] = name
-            self.log.append(ev)
+            self._append(name, ev)
             if not found and match(ev):
                 found.append(ev)
 
