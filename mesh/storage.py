@@ -119,6 +119,15 @@ def checkpoint_checksum(doc_id: str, upto_seq: int, data: bytes) -> bytes:
     return _checksum(_prefix(_CHECKPOINT_KIND, doc_id), 0, upto_seq, data)
 
 
+def _checkpoint_sound(doc_id: str, upto: object, data: object, checksum: object) -> bool:
+    """Whether a stored checkpoint row has sane types and verifies against its checksum."""
+    return (
+        isinstance(upto, int)
+        and isinstance(data, bytes)
+        and checkpoint_checksum(doc_id, upto, data) == checksum
+    )
+
+
 _LOG_KIND = b"statemesh/log/1"
 _CHECKPOINT_KIND = b"statemesh/checkpoint/1"
 _SEQS = struct.Struct(">qq")
@@ -613,11 +622,7 @@ class Store:
                 ).fetchall()
                 floor = 0
                 for upto, data, checksum in [] if all_rows else ckpts:
-                    if (
-                        isinstance(upto, int)
-                        and isinstance(data, bytes)
-                        and checkpoint_checksum(doc_id, upto, data) == checksum
-                    ):
+                    if _checkpoint_sound(doc_id, upto, data, checksum):
                         floor = upto
                         break
                 rows = conn.execute(
@@ -639,11 +644,7 @@ class Store:
         problems: list[str] = []
         base: tuple[int, bytes] | None = None
         for upto, data, checksum in ckpts:
-            if (
-                isinstance(upto, int)
-                and isinstance(data, bytes)
-                and checkpoint_checksum(doc_id, upto, data) == checksum
-            ):
+            if _checkpoint_sound(doc_id, upto, data, checksum):
                 if base is None:
                     base = (upto, data)
                 if not all_checkpoints:
@@ -802,20 +803,15 @@ class Store:
                 [(doc_id, first) for first in bad],
             )
             bad_ckpts = [
-                (upto,)
+                (doc_id, upto)
                 for upto, data, checksum in conn.execute(
                     "SELECT upto_seq, CAST(data AS BLOB), CAST(checksum AS BLOB)"
                     " FROM checkpoints WHERE doc_id = ? AND upto_seq < ?",
                     (doc_id, upto_seq),
                 )
-                if not isinstance(upto, int)
-                or not isinstance(data, bytes)
-                or checkpoint_checksum(doc_id, upto, data) != checksum
+                if not _checkpoint_sound(doc_id, upto, data, checksum)
             ]
-            conn.executemany(
-                "DELETE FROM checkpoints WHERE doc_id = ? AND upto_seq = ?",
-                [(doc_id, upto) for (upto,) in bad_ckpts],
-            )
+            conn.executemany("DELETE FROM checkpoints WHERE doc_id = ? AND upto_seq = ?", bad_ckpts)
         with self._lock:
             self._next_seq[doc_id] = max(self._next_seq.get(doc_id, 1), upto_seq + 1)
         plan = self._plan(doc_id, salvage=True)
