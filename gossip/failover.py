@@ -820,10 +820,10 @@ class FailoverState:
             # Judged once, when we first see the death: were we in touch with a quorum
             # just before it? A verdict formed while cut off (a partition, a one-way
             # cut) is as stale as a late quorum, however soon the cut heals after it.
-            if key in self._alone:
-                alone[key] = self._alone[key]
-            else:
-                alone[key] = _formed_alone(view, owner.since)
+            # (Once per owner, not per workload: an owner's workloads share the verdict.)
+            if key not in alone:
+                judged = self._alone.get(key)
+                alone[key] = _formed_alone(view, owner.since) if judged is None else judged
             if t.reason in ("no_quorum", "owner_heard"):
                 out.append(t)
                 continue
