@@ -467,8 +467,7 @@ def run_all(
         (out / f"{name}.png").unlink(missing_ok=True)
         outcome = run_suite(name, module, argv)
         if extra_note:
-            outcome = SuiteOutcome(outcome.status, outcome.result, outcome.error,
-                                   outcome.seconds, outcome.argv, extra_note)  # fmt: skip
+            outcome = dataclasses.replace(outcome, note=extra_note)
         outcomes[name] = outcome
         verdict = "ok" if outcome.status == "ok" else f"FAILED: {outcome.error}"
         note(SUITE, f"[{i}/{len(todo)}] {name}: {verdict} ({outcome.seconds:.1f} s)",
