@@ -484,36 +484,25 @@ async def _commit(session, replicas, timeout: float) -> None:
 async def _serve_peer() -> None:
     """Run one benchmark peer: a spec line in, its address out, then answer `counters`."""
     from mesh import open_mesh
-
-    stdin = trio.lowlevel.FdStream(os.dup(0))
-    buffer = b""
-
-    async def line() -> bytes | None:
-        nonlocal buffer
-        while b"\n" not in buffer:
-            chunk = await stdin.receive_some(65536)
-            if not chunk:
-                return None
-            buffer += chunk
-        out, buffer = buffer.split(b"\n", 1)
-        return out
+    from mesh.agent_process import stdin_lines
 
     def reply(obj: dict) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
-    first = await line()
-    if first is None:
-        return
-    spec = json.loads(first)
-    cfg = _config(spec["name"], Path(spec["root"]), bytes.fromhex(spec["key"]), spec["seed"],
-                  spec["seeds"], spec)  # fmt: skip
-    async with open_mesh(cfg) as mesh:
-        reply({"address": mesh.address})
-        while (request := await line()) is not None:
-            if request != b"counters":
-                raise RuntimeError(f"unknown request {request!r}")
-            reply({**_counters(mesh), "cpu_s": time.process_time()})
+    async with contextlib.aclosing(stdin_lines()) as lines:
+        first = await anext(lines, None)
+        if first is None:
+            return
+        spec = json.loads(first)
+        cfg = _config(spec["name"], Path(spec["root"]), bytes.fromhex(spec["key"]), spec["seed"],
+                      spec["seeds"], spec)  # fmt: skip
+        async with open_mesh(cfg) as mesh:
+            reply({"address": mesh.address})
+            async for request in lines:
+                if request != "counters":
+                    raise RuntimeError(f"unknown request {request!r}")
+                reply({**_counters(mesh), "cpu_s": time.process_time()})
 
 
 if __name__ == "__main__":
