@@ -44,6 +44,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,15 @@ class ConfigChanged:
     version: int
     by: str
     local: bool
+
+
+def _feed(totals: Mapping[str, int], seen: dict[str, int], inc: Callable[[str, int], None]) -> None:
+    """Pass each reason's growth since the last refresh to `inc(reason, delta)`."""
+    for reason, total in totals.items():
+        delta = total - seen.get(reason, 0)
+        if delta > 0:
+            inc(reason, delta)
+            seen[reason] = total
 
 
 class Operations:
@@ -278,11 +288,7 @@ class Operations:
         self._count("takeovers", m.took_over)
         self._count("fenced", m.fenced)
         rejected = mesh.codec.rejected + mesh.transport.stats.bad_frames
-        for reason, total in rejected.items():
-            delta = total - self._rejected.get(reason, 0)
-            if delta > 0:
-                m.frame_rejected(reason, delta)
-                self._rejected[reason] = total
+        _feed(rejected, self._rejected, m.frame_rejected)
         refused = {
             "protocol": mesh.stats.get("refused_messages", 0),
             "replication": mesh.node.replicator.stats.malformed,
@@ -290,11 +296,7 @@ class Operations:
             "durable_vectors": mesh.node.replicator.stats.durable_refused,
             **mesh.node.membership.refused,
         }
-        for reason, total in refused.items():
-            delta = total - self._refused.get(reason, 0)
-            if delta > 0:
-                m.refused(reason, delta)
-                self._refused[reason] = total
+        _feed(refused, self._refused, m.refused)
         if self._observed is not None:
             m.secrets(len(mesh.cluster.secret_names()))
 
