@@ -3,8 +3,9 @@
     statemesh status --http HOST:PORT [--json] [--watch [--interval S] [--count N]]
 
 Shows the peer's members and their SWIM state, its readiness (with the reasons when it
-is not ready), documents damaged on its disk and not yet refilled from peers, liveness, how far behind each peer it is, how many sessions each peer
-owns, and the last takeovers this peer performed. Everything comes from the peer's
+is not ready), documents damaged on its disk and not yet refilled from peers, liveness,
+how far behind each peer it is, how many sessions each peer owns, and the last takeovers
+this peer performed. Everything comes from the peer's
 ``GET /status``; no token is needed.
 
 ``--json`` prints that JSON object as it is (one line; with ``--watch``, one line per
