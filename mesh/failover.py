@@ -406,17 +406,14 @@ class Failover:
     def _ask(self, now: float) -> None:
         """Send the evidence requests; their answers reach `on_envelope`, no task waits."""
         node = self.mesh.node
-        me = node.membership.me
         sends = []
         for peer in self._to_ask():
             address = node.membership.address_of(peer)
             if address is None:
                 continue
-            session, out = node.replicator.pull(now, peer, [OWNERSHIP])
-            self.trips.sent(now, peer, session)
-            msgs = tuple(m for _, m in out)
-            if msgs:
-                sends.append((address, Envelope(self.me, me.address, me.incarnation, msgs)))
+            _, env = self._start_pull(now, peer, [OWNERSHIP])
+            if env.messages:
+                sends.append((address, env))
         if sends:
             self.mesh._emit(Output(sends, []))
 
@@ -487,6 +484,13 @@ class Failover:
             self.mesh.stats["handler_errors"] += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
 
+    def _start_pull(self, now: float, peer: str, doc_ids: list[str]) -> tuple[int, Envelope]:
+        """Start an exchange of `doc_ids` with `peer`, counted as a round trip; its envelope."""
+        session, sends = self.mesh.node.replicator.pull(now, peer, doc_ids)
+        self.trips.sent(now, peer, session)
+        me = self.mesh.node.membership.me
+        return session, Envelope(self.me, me.address, me.incarnation, tuple(m for _, m in sends))
+
     # --- takeover ----------------------------------------------------------------------------
 
     async def pull(self, doc_ids: list[str], timeout: float = PULL_TIMEOUT) -> int:
@@ -496,21 +500,17 @@ class Failover:
         now = trio.current_time()
         waits: list[trio.Event] = []
         sessions: list[int] = []
-        me = node.membership.me
         for peer in node.membership.live_members():
             if peer == self.me:
                 continue
             address = node.membership.address_of(peer)
             if address is None:
                 continue
-            session, sends = node.replicator.pull(now, peer, doc_ids)
-            self.trips.sent(now, peer, session)
+            session, env = self._start_pull(now, peer, doc_ids)
             done = self._pulls[session] = trio.Event()
             waits.append(done)
             sessions.append(session)
-            msgs = tuple(m for _, m in sends)
-            if msgs:
-                env = Envelope(self.me, me.address, me.incarnation, msgs)
+            if env.messages:
                 mesh._emit(Output([(address, env)], []))
         answered = 0
         with trio.move_on_after(timeout):
@@ -529,11 +529,8 @@ class Failover:
             if address is None or self.mesh._closed:
                 return
             now = trio.current_time()
-            session, sends = node.replicator.pull(now, peer, [OWNERSHIP])
-            self.trips.sent(now, peer, session)
+            session, env = self._start_pull(now, peer, [OWNERSHIP])
             done = self._pulls[session] = trio.Event()
-            me = node.membership.me
-            env = Envelope(self.me, me.address, me.incarnation, tuple(m for _, m in sends))
             self.mesh._emit(Output([(address, env)], []))
             with trio.move_on_after(SYNC_TIMEOUT):
                 await done.wait()
