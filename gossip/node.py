@@ -155,6 +155,17 @@ class Node:
             raise LocalError("this node has no replica")
         return self._flush(self._resolve(self.replicator.on_durable_many(now, doc_ids)))
 
+    def pull(self, now: float, peer: str, doc_ids: Sequence[str]) -> tuple[int, Output]:
+        """Start a targeted exchange of `doc_ids` with `peer`: its session id and what to send.
+
+        Each message goes to its own destination: the replicator's send budget may release
+        messages held back for other peers along with this one, or hold this one back.
+        """
+        if self.replicator is None:
+            raise LocalError("this node has no replica")
+        session, sends = self.replicator.pull(now, peer, doc_ids)
+        return session, self._flush(self._resolve(sends))
+
     def join(self, now: float, addresses: Sequence[str]) -> Output:
         """Contact peers found after start (mDNS, a seed added at runtime) with a push-pull."""
         self.membership.join(addresses)

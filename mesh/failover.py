@@ -406,16 +406,12 @@ class Failover:
     def _ask(self, now: float) -> None:
         """Send the evidence requests; their answers reach `on_envelope`, no task waits."""
         node = self.mesh.node
-        sends = []
+        outputs = []
         for peer in self._to_ask():
-            address = node.membership.address_of(peer)
-            if address is None:
+            if node.membership.address_of(peer) is None:
                 continue
-            _, env = self._start_pull(now, peer, [OWNERSHIP])
-            if env.messages:
-                sends.append((address, env))
-        if sends:
-            self.mesh._emit(Output(sends, []))
+            outputs.append(self._start_pull(now, peer, [OWNERSHIP])[1])
+        self.mesh._emit_all(outputs)
 
     def _step(self) -> None:
         mesh = self.mesh
@@ -484,12 +480,11 @@ class Failover:
             self.mesh.stats["handler_errors"] += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
 
-    def _start_pull(self, now: float, peer: str, doc_ids: list[str]) -> tuple[int, Envelope]:
-        """Start an exchange of `doc_ids` with `peer`, counted as a round trip; its envelope."""
-        session, sends = self.mesh.node.replicator.pull(now, peer, doc_ids)
+    def _start_pull(self, now: float, peer: str, doc_ids: list[str]) -> tuple[int, Output]:
+        """Start an exchange of `doc_ids` with `peer`, counted as a round trip; what to send."""
+        session, out = self.mesh.node.pull(now, peer, doc_ids)
         self.trips.sent(now, peer, session)
-        me = self.mesh.node.membership.me
-        return session, Envelope(self.me, me.address, me.incarnation, tuple(m for _, m in sends))
+        return session, out
 
     # --- takeover ----------------------------------------------------------------------------
 
@@ -506,12 +501,11 @@ class Failover:
             address = node.membership.address_of(peer)
             if address is None:
                 continue
-            session, env = self._start_pull(now, peer, doc_ids)
+            session, out = self._start_pull(now, peer, doc_ids)
             done = self._pulls[session] = trio.Event()
             waits.append(done)
             sessions.append(session)
-            if env.messages:
-                mesh._emit(Output([(address, env)], []))
+            mesh._emit(out)
         answered = 0
         with trio.move_on_after(timeout):
             for done in waits:
@@ -529,9 +523,9 @@ class Failover:
             if address is None or self.mesh._closed:
                 return
             now = trio.current_time()
-            session, env = self._start_pull(now, peer, [OWNERSHIP])
+            session, out = self._start_pull(now, peer, [OWNERSHIP])
             done = self._pulls[session] = trio.Event()
-            self.mesh._emit(Output([(address, env)], []))
+            self.mesh._emit(out)
             with trio.move_on_after(SYNC_TIMEOUT):
                 await done.wait()
                 self._confirmed = True
