@@ -305,7 +305,7 @@ def test_quick_run_of_the_cheap_suites_writes_table_and_plots(
 def test_failover_without_netns_runs_on_loopback_and_the_table_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import benchmarks.report
+    import mesh.hosts
 
     seen: list[argparse.Namespace] = []
 
@@ -319,9 +319,33 @@ def test_failover_without_netns_runs_on_loopback_and_the_table_says_so(
         return {**GOOD["failover"], "mode": mode, "trials": args.trials}
 
     fake = SimpleNamespace(HELP="fake failover", add_arguments=add_arguments, run=run)
-    monkeypatch.setattr(benchmarks.report, "netns_unavailable", lambda: "not root")
+    monkeypatch.setattr(mesh.hosts, "available", lambda: "not root")
     report = run_all({"failover": fake}, tmp_path, quick=True, stream=sys.stderr)
     assert seen[0].loopback and seen[0].trials == int(QUICK["failover"][1])
     rows = [g for g in report["goals"] if g["suite"] == "failover"]
     assert all("loopback, not namespace hosts (not root)" in g["notes"] for g in rows), rows
     assert "loopback, not namespace hosts" in (tmp_path / "results.md").read_text()
+
+
+def test_failover_runs_on_namespace_hosts_when_mesh_hosts_says_they_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mesh.hosts
+
+    seen: list[argparse.Namespace] = []
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--trials", type=int, default=20)
+        parser.add_argument("--loopback", action="store_true")
+
+    def run(args: argparse.Namespace) -> dict:
+        seen.append(args)
+        return {**GOOD["failover"], "mode": "netns", "trials": args.trials}
+
+    fake = SimpleNamespace(HELP="fake failover", add_arguments=add_arguments, run=run)
+    # mesh.hosts.available is the one judge of whether namespace hosts can run here.
+    monkeypatch.setattr(mesh.hosts, "available", lambda: None)
+    report = run_all({"failover": fake}, tmp_path, quick=True, stream=sys.stderr)
+    assert not seen[0].loopback
+    rows = [g for g in report["goals"] if g["suite"] == "failover"]
+    assert rows and not any("loopback" in g["notes"] for g in rows), rows
