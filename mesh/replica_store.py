@@ -7,10 +7,11 @@ remote update the `Replicator` applies, fires the observer, which only records
 back as an ExceptionGroup from the writer's transaction) and must not do I/O. The runtime
 then calls `drain()`, which submits every queued update to the store's group commit and
 returns the changes, so that local ones can start rumours (`Node.local_update`) and
-remote ones do not echo. `durable_state_vector` is what has been fsync'd: the state
-vector each document had when its last drained update was submitted, promoted by
-`mark_durable` once that update's batch committed. Replica acks therefore never claim
-more than the disk holds.
+remote ones do not echo; a run of local changes to one document queued back to back (an
+agent's turn of several writes) is merged into one change first. `durable_state_vector`
+is what has been fsync'd: the state vector each document had when its last drained
+update was submitted, promoted by `mark_durable` once that update's batch committed.
+Replica acks therefore never claim more than the disk holds.
 
 Invariants:
 
@@ -48,6 +49,9 @@ from mesh.storage import MAX_UPDATE_BYTES, AsyncStore, Pending
 __all__ = ["Change", "Damage", "DurableReplica"]
 
 CLIENT_ID_POOL = 32
+# Consecutive local writes to one document are merged into one update of at most this
+# size before they are stored and spread (see `_coalesce`).
+COALESCE_BYTES = 256 * 1024
 
 _log = logging.getLogger("statemesh.store")
 
@@ -142,8 +146,11 @@ class DurableReplica:
     def drain(self) -> list[tuple[Change, Pending]]:
         """Submit every queued change to the store; return (change, pending) in order."""
         out = []
-        while self._changes:
-            change = self._changes.popleft()
+        changes = self._changes
+        while changes:
+            change = changes.popleft()
+            if change.local and changes and _continues(changes[0], change.doc_id):
+                change = _coalesce(change, changes)
             out.append((change, self.store.submit(change.doc_id, change.update)))
         return out
 
@@ -288,3 +295,25 @@ class DurableReplica:
     def durable_state_vector(self, doc_id: str) -> bytes:
         """The state vector of what is fsync'd for `doc_id`."""
         return self._durable.get(doc_id, EMPTY_STATE_VECTOR)
+
+
+def _continues(change: Change, doc_id: str) -> bool:
+    return change.local and change.doc_id == doc_id and len(change.update) < COALESCE_BYTES
+
+
+def _coalesce(first: Change, changes: deque[Change]) -> Change:
+    """Merge `first` with the local changes to its document that follow it in `changes`.
+
+    An agent's turn is several writes (a message, memory keys, a tool call), each its own
+    transaction, then one commit. Stored and gossiped one by one, every write paid the
+    per-update cost (a log record, a rumour, an apply and an ack on every peer); merged,
+    the turn pays it once. Only a consecutive run is merged: the order of changes to
+    different documents, and of local against remote ones, is kept as observed.
+    """
+    run = [first.update]
+    size = len(first.update)
+    while changes and _continues(changes[0], first.doc_id) and size < COALESCE_BYTES:
+        update = changes.popleft().update
+        run.append(update)
+        size += len(update)
+    return Change(first.doc_id, pycrdt.merge_updates(*run), True)

@@ -92,7 +92,8 @@ async def test_cached_vector_follows_local_writes(tmp_path):
             _assert_consistent(replica, "d", 0)
         del text[0:2]  # a pure delete: the vector stays, the fingerprint moves
         _assert_consistent(replica, "d", 0)
-        assert [c.local for c, _ in replica.drain()] == [True] * 6
+        # Six local transactions back to back: drained as one merged local change.
+        assert [c.local for c, _ in replica.drain()] == [True]
 
 
 async def test_after_close_nothing_stale_is_answered(tmp_path):
@@ -155,3 +156,50 @@ async def test_a_damaged_document_never_claims_more_durable_than_its_disk(tmp_pa
         # A damaged id the replica does not hold is only logged.
         assert replica.mark_damaged(CorruptRecord("gone", None, "id damaged")) is None
         assert not replica.damaged
+
+
+async def test_a_run_of_local_writes_is_stored_as_one_change_in_order(tmp_path):
+    async with AsyncStore.open(tmp_path) as store:
+        replica = DurableReplica(store, {})
+        a, b = replica.create("a"), replica.create("b")
+        peer = pycrdt.Doc()
+        peer_map = peer.get("m", type=pycrdt.Map)
+        ma, mb = a.get("m", type=pycrdt.Map), b.get("m", type=pycrdt.Map)
+        for i in range(4):  # a turn of four writes on "a"
+            ma[f"k{i}"] = i
+        mb["x"] = 1  # another document breaks the run
+        ma["k4"] = 4
+        with peer.transaction():
+            peer_map["remote"] = True
+        replica.apply("a", peer.get_update())  # a remote change breaks the run too
+        ma["k5"] = 5
+        ma["k6"] = 6
+        drained = [change for change, _ in replica.drain()]
+        assert [(c.doc_id, c.local) for c in drained] == [
+            ("a", True), ("b", True), ("a", True), ("a", False), ("a", True),
+        ]  # fmt: skip
+        # Each merged change holds exactly its run: replaying them rebuilds both documents.
+        copy = {"a": pycrdt.Doc(), "b": pycrdt.Doc()}
+        for change in drained:
+            copy[change.doc_id].apply_update(change.update)
+        assert fingerprint(copy["a"]) == fingerprint(a)
+        assert fingerprint(copy["b"]) == fingerprint(b)
+        first = pycrdt.Doc()
+        first.apply_update(drained[0].update)
+        assert first.get("m", type=pycrdt.Map).to_py() == {f"k{i}": float(i) for i in range(4)}
+
+
+async def test_merging_stops_at_the_size_bound(tmp_path):
+    from mesh.replica_store import COALESCE_BYTES
+
+    async with AsyncStore.open(tmp_path) as store:
+        replica = DurableReplica(store, {})
+        text = replica.create("d").get("t", type=pycrdt.Text)
+        chunk = "x" * (COALESCE_BYTES // 3)
+        for _ in range(7):
+            text += chunk
+        sizes = [len(change.update) for change, _ in replica.drain()]
+        # Runs close once they reach the bound, so no merged update grows past it by
+        # more than one write: 7 writes of a third of the bound make 3 changes.
+        assert len(sizes) == 3, sizes
+        assert max(sizes) < COALESCE_BYTES + len(chunk) + 1024
