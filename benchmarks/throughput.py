@@ -34,8 +34,11 @@ another document integrates those updates; both are measured before and after th
 phases and averaged. `ratio_replicated_vs_raw` is `replicas=1` ops/s over raw write
 ops/s. `floor_cpu_us_per_commit` is the CPU cost of the work a replicated commit cannot
 avoid, timed in a plain loop with no event loop and no protocol (see `_floor`), and
-`ratio_floor_vs_raw` the ratio a commit costing only that would reach on one core: the
-ceiling of this design in Python on this machine.
+`ratio_floor_vs_raw` the ratio a commit costing only that would reach on one core.
+`ceiling_local_commit_ops_per_s` is the rate of the least a commit awaited in trio can do
+(write, queue, group-commit with fsync in a worker thread, wake the writer; local only, see
+`_ceiling`) with the same writers, and `ratio_ceiling_vs_raw` its ratio: no commit of the
+runtime, local or replicated, can beat it on this machine.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="statemesh-throughput-", dir=args.dir) as scratch:
         levels, traffic = trio.run(_mesh_phases, Path(scratch), args)
         floor_us = _floor(Path(scratch), args.raw_ops, args.writers)
+        ceiling = trio.run(_ceiling, Path(scratch), args.raw_ops, args.writers)
     after = _raw(args.raw_ops, args.writers)
     raw_write = (before[0] + after[0]) / 2
     raw_apply = (before[1] + after[1]) / 2
@@ -131,6 +135,9 @@ def run(args: argparse.Namespace) -> dict:
         "floor_cpu_us_per_commit": round(floor_us, 2),
         # The ratio a replicated commit could reach on one core if it cost only its floor.
         "ratio_floor_vs_raw": float(f"{1e6 / floor_us / raw_write:.4g}"),
+        # The fastest any commit awaited in trio can be: local, unreplicated, no protocol.
+        "ceiling_local_commit_ops_per_s": round(ceiling, 1),
+        "ratio_ceiling_vs_raw": float(f"{ceiling / raw_write:.4g}"),
         "writers": args.writers,
         "writes_per_commit": args.writes_per_commit,
         "ops_per_level": _commits_per_writer(args) * args.writers * args.writes_per_commit,
@@ -257,6 +264,73 @@ def _floor(root: Path, ops: int, writers: int) -> float:
     finally:
         db.close()
     return cpu * 1e6 / (per * writers)
+
+
+# --- the ceiling: the bare local commit in trio --------------------------------------------
+
+
+async def _ceiling(root: Path, ops: int, writers: int) -> float:
+    """Commits/s of the least a commit awaited in trio can do, with `writers` writers.
+
+    Each writer makes the benchmark's write (one pycrdt transaction, the update captured
+    by an observer), queues it, wakes a flusher and waits on an event; the flusher writes
+    everything queued in one SQLite transaction (WAL, synchronous=FULL) in a worker
+    thread, as `mesh.storage`'s group commit does, and wakes the writers it covered. No
+    checksum, no replication, no sealing, no ownership check, no metrics: a local commit
+    of the runtime does all of this and more, and a replicated one more again, so neither
+    can be faster than this on the same machine.
+    """
+    import sqlite3
+
+    per = max(1, min(ops, 50_000) // writers)
+    db = sqlite3.connect(root / "ceiling.sqlite", isolation_level=None, check_same_thread=False)
+    queue: list[tuple[str, bytes]] = []
+    waiting: list[trio.Event] = []
+    wake = [trio.Event()]
+
+    def write_batch(batch: list[tuple[str, bytes]]) -> None:
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO log (doc, data) VALUES (?, ?)", batch)
+        db.execute("COMMIT")
+
+    async def flusher() -> None:
+        while True:
+            await wake[0].wait()
+            wake[0] = trio.Event()
+            batch, queue[:] = queue[:], []
+            events, waiting[:] = waiting[:], []
+            await trio.to_thread.run_sync(write_batch, batch)
+            for event in events:
+                event.set()
+
+    async def writer(k: int, bar) -> None:
+        doc, memory, box = _doc()
+        for i in range(per):
+            with doc.transaction():
+                memory[f"k{i % 16}"] = i
+            queue.append((f"session/{k}", box[-1]))
+            done = trio.Event()
+            waiting.append(done)
+            wake[0].set()
+            await done.wait()
+        bar.advance()
+
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, doc TEXT, data BLOB)")
+        with phase(SUITE, "ceiling: bare local commits in trio", writers) as bar:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(flusher)
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for k in range(writers):
+                        nursery.start_soon(writer, k, bar)
+                elapsed = time.perf_counter() - start
+                outer.cancel_scope.cancel()
+    finally:
+        db.close()
+    return per * writers / elapsed
 
 
 # --- the mesh -----------------------------------------------------------------------------
