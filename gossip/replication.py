@@ -70,6 +70,7 @@ from dataclasses import dataclass, field, fields
 
 import blake3
 
+from crdt_types.docs import check_doc_id
 from crdt_types.errors import InvalidValue, LocalError, RemoteError
 from crdt_types.vv import decode_state_vector
 from gossip.digest import DEFAULT_BUCKETS, HashTree, bucket_of
@@ -376,8 +377,7 @@ class Replicator:
 
     def on_local_update(self, now: float, doc_id: str, update: bytes) -> list[Send]:
         """Spread an update already applied to the local replica; returns messages to send."""
-        if not isinstance(doc_id, str) or not doc_id:
-            raise LocalError(f"document id must be a non-empty string, not {doc_id!r}")
+        check_doc_id(doc_id)
         if not isinstance(update, bytes):
             raise LocalError(f"update must be bytes, not {type(update).__name__}")
         self.refresh(doc_id)

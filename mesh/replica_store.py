@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import pycrdt
 
+from crdt_types.docs import check_doc_id
 from crdt_types.errors import CorruptRecord, LocalError, RemoteError
 from crdt_types.fingerprint import fingerprint as _fingerprint
 from gossip.replica import EMPTY_STATE_VECTOR, check_remote_doc_id, diff_of
@@ -132,8 +133,7 @@ class DurableReplica:
 
     def create(self, doc_id: str, client_id: int | None = None) -> pycrdt.Doc:
         """Create an empty document (a recorded client id from the pool unless given)."""
-        if not isinstance(doc_id, str) or not doc_id:
-            raise LocalError(f"document id must be a non-empty string, not {doc_id!r}")
+        check_doc_id(doc_id)
         if doc_id in self._docs:
             raise LocalError(f"document {doc_id!r} exists")
         if client_id is None and self.client_ids:

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdt_types.errors import LocalError
+from crdt_types.docs import MAX_DOC_ID_BYTES
+from crdt_types.errors import InvalidValue, LocalError
 from crdt_types.fingerprint import fingerprint
 from gossip import messages as m
 from gossip.codec import decode_envelope, encode_envelope
@@ -764,9 +765,23 @@ def test_bad_constructor_and_local_update_arguments_are_local_errors():
         Replicator("a", MemoryReplica(), 7)  # type: ignore[arg-type]
     node = Replicator("a", MemoryReplica(), random.Random(1))
     with pytest.raises(LocalError):
-        node.on_local_update(0.0, "", b"\x00\x00")
-    with pytest.raises(LocalError):
         node.on_local_update(0.0, "d", "not bytes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "doc_id", [7, None, b"d", "", "a\x00b", "x" * (MAX_DOC_ID_BYTES + 1), "\ud800"]
+)
+def test_local_update_refuses_a_bad_id_with_the_doc_id_rule_and_sends_nothing(doc_id):
+    peers = [f"p{i}" for i in range(10)]  # more than the fanout: a rumour would retransmit
+    a = MemoryReplica()
+    node = Replicator("a", a, random.Random(1))
+    node.set_peers(peers)
+    update = write(a, "d", _hello)
+    with pytest.raises(InvalidValue, match="document id"):
+        node.on_local_update(0.0, doc_id, update)
+    # No rumour was started: the next rounds have nothing to retransmit.
+    later = [x for t in (0.5, 1.0) for _, x in node.tick(t, peers)]
+    assert not [x for x in later if isinstance(x, m.DocUpdate)]
 
 
 def test_same_seed_same_trace():

@@ -12,7 +12,8 @@ import random
 import pycrdt
 import pytest
 
-from crdt_types.errors import CorruptRecord, RemoteError
+from crdt_types.docs import MAX_DOC_ID_BYTES
+from crdt_types.errors import CorruptRecord, InvalidValue, LocalError, RemoteError
 from crdt_types.fingerprint import fingerprint
 from gossip.replica import EMPTY_STATE_VECTOR
 from mesh.replica_store import DurableReplica
@@ -106,6 +107,22 @@ async def test_after_close_nothing_stale_is_answered(tmp_path):
         replica.close()
         doc.get("t", type=pycrdt.Text).insert(0, "b")  # unobserved now
         _assert_consistent(replica, "d", 0)
+
+
+# One bad id of each class `crdt_types.docs.check_doc_id` refuses.
+BAD_DOC_IDS = [7, None, b"d", "", "a\x00b", "x" * (MAX_DOC_ID_BYTES + 1), "\ud800"]
+
+
+@pytest.mark.parametrize("doc_id", BAD_DOC_IDS)
+async def test_create_refuses_a_bad_id_with_the_doc_id_rule_and_creates_nothing(tmp_path, doc_id):
+    async with AsyncStore.open(tmp_path) as store:
+        replica = DurableReplica(store, {})
+        with pytest.raises(InvalidValue, match="document id"):
+            replica.create(doc_id)
+        assert list(replica.doc_ids()) == [] and replica.queued == 0
+        replica.create("x" * MAX_DOC_ID_BYTES)  # the longest id is fine
+        with pytest.raises(LocalError, match="exists"):
+            replica.create("x" * MAX_DOC_ID_BYTES)
 
 
 async def test_garbage_changes_nothing_and_creates_nothing(tmp_path):
