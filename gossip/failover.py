@@ -89,7 +89,7 @@ from gossip.quorum import (
     has_quorum,
     visible,
 )
-from gossip.successor import rank, standby
+from gossip.successor import Ranker
 
 __all__ = [
     "CLAIM_REASONS",
@@ -458,6 +458,7 @@ def _plan_one(
     eligible: list[str],
     claim: Claim,
     since: float,
+    ranker: Ranker,
 ) -> Takeover:
     policy = view.policy
     w = claim.workload
@@ -467,7 +468,7 @@ def _plan_one(
         vv = VersionVector.from_dict(target)
         return Takeover(w, claim.owner, claim.epoch, successor, reason, at, mine, vv)
 
-    ranked = rank(w, eligible)
+    ranked = ranker.rank(w, eligible)
     if not ranked:
         return plan("no_candidate", None, math.inf, None)
     covering = {n for n in ranked if _covers(vectors.get(n, w), target)}
@@ -508,9 +509,10 @@ def _formed_alone(view: FailoverView, since: float) -> bool:
     return not has_quorum(view.stable, visible(view.me, states, heard, since - CONTACT_WINDOW))
 
 
-def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
+def plan_takeovers(now: float, view: FailoverView, ranker: Ranker | None = None) -> list[Takeover]:
     """A plan for every workload whose owner is dead (or left without handing it over)."""
     _check_time(now)
+    ranker = Ranker() if ranker is None else ranker
     plans: list[Takeover] = []
     quorum: dict[tuple[float, str], bool] = {}
     vectors = _Vectors(view)
@@ -548,11 +550,11 @@ def plan_takeovers(now: float, view: FailoverView) -> list[Takeover]:
             continue
         if claim.owner not in eligible:
             eligible[claim.owner] = _eligible(view, claim.owner)
-        plans.append(_plan_one(now, view, vectors, eligible[claim.owner], claim, since))
+        plans.append(_plan_one(now, view, vectors, eligible[claim.owner], claim, since, ranker))
     return plans
 
 
-def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
+def plan_handoff(owner: str, view: FailoverView, ranker: Ranker | None = None) -> list[Takeover]:
     """Where each of `owner`'s workloads goes when `owner` leaves gracefully.
 
     The leaving owner claims each for its successor at epoch + 1 before it announces its
@@ -563,6 +565,7 @@ def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
     _check_id(owner, "owner node id")
     if owner not in view.members:
         raise LocalError(f"{owner!r} is not a member this node knows")
+    ranker = Ranker() if ranker is None else ranker
     plans: list[Takeover] = []
     vectors = _Vectors(view)
     eligible = _eligible(view, owner)
@@ -573,7 +576,7 @@ def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
         clocks = vectors.target(claim.workload, owner)
         _merge_into(clocks, vectors.get(owner, claim.workload))
         target = VersionVector.from_dict(clocks)
-        ranked = rank(claim.workload, eligible)
+        ranked = ranker.rank(claim.workload, eligible)
         if not ranked:
             plans.append(
                 Takeover(
@@ -590,8 +593,9 @@ def plan_handoff(owner: str, view: FailoverView) -> list[Takeover]:
     return plans
 
 
-def standbys(view: FailoverView) -> dict[str, tuple[str, str | None]]:
+def standbys(view: FailoverView, ranker: Ranker | None = None) -> dict[str, tuple[str, str | None]]:
     """For each workload whose owner is up: (owner, the member that would succeed it)."""
+    ranker = Ranker() if ranker is None else ranker
     out: dict[str, tuple[str, str | None]] = {}
     eligible: dict[str, list[str]] = {}
     for claim in view.claims:
@@ -602,7 +606,7 @@ def standbys(view: FailoverView) -> dict[str, tuple[str, str | None]]:
             eligible[claim.owner] = _eligible(view, claim.owner)
         out[claim.workload] = (
             claim.owner,
-            standby(claim.workload, claim.owner, eligible[claim.owner]),
+            ranker.standby(claim.workload, claim.owner, eligible[claim.owner]),
         )
     return out
 
@@ -704,6 +708,8 @@ class FailoverState:
         if not isinstance(self.policy, FailoverPolicy):
             raise InvalidValue("policy must be a FailoverPolicy")
         self.membership = StableMembership(me, settle, stable)
+        # This node's own memo of rankings (failover re-ranks every workload each step).
+        self.ranker = Ranker()
         self._claims: dict[str, Claim] = {}
         self._owned: dict[str, int] = {}
         self._fenced: dict[str, Claim] = {}
@@ -755,8 +761,8 @@ class FailoverState:
             self.membership.adopted_at,
         )
         try:
-            plans = plan_takeovers(now, view)
-            current = standbys(view)
+            plans = plan_takeovers(now, view, self.ranker)
+            current = standbys(view, self.ranker)
         except InvalidValue:
             self.membership = saved  # a malformed durable vector: as if never called
             raise
@@ -887,7 +893,7 @@ class FailoverState:
     ) -> list[Takeover]:
         """Plan the graceful hand-off of everything this node owns (see `plan_handoff`)."""
         view = FailoverView(self.me, members, tuple(claims), durable, None, self.policy)
-        return plan_handoff(self.me, view)
+        return plan_handoff(self.me, view, self.ranker)
 
     def _announce(self, plans: list[Takeover]) -> list[TakeoverPlanned]:
         out = []

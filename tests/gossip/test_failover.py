@@ -803,6 +803,25 @@ def _members_at(states: dict[str, str], since: float = 0.0) -> dict[str, MemberV
     }
 
 
+def test_two_nodes_in_one_process_rank_from_their_own_memos():
+    # Two failover states in one process (as in the simulator) that see different
+    # members: each names the standby its own members give, from a memo of its own.
+    ws = [f"session/{i}" for i in range(12)]
+    claims = [Claim(w, "o", 1) for w in ws]
+    seen = {"x": ["o", "x", "p", "q"], "y": ["o", "y", "r", "s", "t"]}
+    states = {me: FailoverState(me, settle=1.0) for me in seen}
+    assert states["x"].ranker is not states["y"].ranker
+    for me, state in states.items():
+        d = state.step(0.0, _members_at(dict.fromkeys(seen[me], ALIVE)), claims)
+        got = {e.workload: e.standby for e in d.events if isinstance(e, StandbyAssigned)}
+        assert got == {w: standby(w, "o", seen[me]) for w in ws}, me
+        assert len(state.ranker) == len(ws), me
+    # More workloads for y only: x's memo is untouched and still answers x's rankings.
+    more = claims + [Claim(f"session/{i}", "o", 1) for i in range(12, 30)]
+    states["y"].step(1.0, _members_at(dict.fromkeys(seen["y"], ALIVE)), more)
+    assert len(states["y"].ranker) == 30 and len(states["x"].ranker) == len(ws)
+
+
 def test_state_machine_takes_over_once_and_raises_each_event_once():
     nodes = ["a", "b", "c"]
     w = workloads_where("a", nodes, "b")[0]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdt_types.errors import InvalidValue
-from gossip.successor import rank, standby, successor, weight
+from gossip.successor import Ranker, rank, standby, successor, weight
 
 node_ids = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
 node_sets = st.lists(node_ids, min_size=1, max_size=12, unique=True)
@@ -101,22 +101,73 @@ def test_bad_ids_are_refused(call):
         call()
 
 
+def _computed(workload: str, nodes: list[str]) -> list[str]:
+    return sorted(set(nodes), key=lambda n: (weight(workload, n), n), reverse=True)
+
+
 def test_a_remembered_ranking_is_a_fresh_list_equal_to_a_computed_one():
+    ranker = Ranker()
     nodes = ["a", "b", "c"]
-    first = rank("session/memo", nodes)
+    first = ranker.rank("session/memo", nodes)
     first.reverse()  # a caller mutating its list must not change later answers
-    second = rank("session/memo", reversed(nodes))
-    assert second == sorted(nodes, key=lambda n: (weight("session/memo", n), n), reverse=True)
-    assert second is not rank("session/memo", nodes)
+    second = ranker.rank("session/memo", reversed(nodes))
+    assert len(ranker) == 1  # the second call was answered from the memo
+    assert second == _computed("session/memo", nodes) == rank("session/memo", nodes)
+    assert second is not ranker.rank("session/memo", nodes)
 
 
 def test_the_ranking_memo_stays_bounded():
-    from gossip import successor as mod
-
-    for i in range(mod._RANK_MEMO_MAX + 10):
-        rank(f"session/{i}", ["a", "b"])
-    assert len(mod._rank_memo) <= mod._RANK_MEMO_MAX
+    ranker = Ranker(max_entries=50)
+    for i in range(50 + 10):
+        ranker.rank(f"session/{i}", ["a", "b"])
+        assert len(ranker) <= 50, i
     # After the memo was cleared the answers are still the computed ones.
-    assert rank("session/1", ["b", "a"]) == sorted(
-        ["a", "b"], key=lambda n: (weight("session/1", n), n), reverse=True
-    )
+    assert ranker.rank("session/1", ["b", "a"]) == _computed("session/1", ["a", "b"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(nodes=node_sets, owner=node_ids, workload=node_ids)
+def test_a_ranker_answers_exactly_what_the_functions_answer(nodes, owner, workload):
+    ranker = Ranker(max_entries=3)
+    for _ in range(2):  # computed, then remembered
+        assert ranker.rank(workload, nodes) == rank(workload, nodes)
+        assert ranker.successor(workload, nodes) == successor(workload, nodes)
+        assert ranker.standby(workload, owner, nodes) == standby(workload, owner, nodes)
+
+
+def test_two_nodes_in_one_process_keep_their_own_rankings():
+    # Two failover states in one process (as in the simulator), with different members:
+    # each ranks from its own memo, and filling one never touches the other's.
+    a, b = Ranker(max_entries=4), Ranker(max_entries=4)
+    members_a, members_b = ["n1", "n2", "n3"], ["n1", "n4", "n5", "n6"]
+    got_a = a.rank("session/x", members_a)
+    got_b = b.rank("session/x", members_b)
+    assert got_a == _computed("session/x", members_a)
+    assert got_b == _computed("session/x", members_b)
+    assert len(a) == len(b) == 1
+    for i in range(10):  # b fills and clears its memo several times over
+        b.rank(f"session/{i}", members_b)
+    assert len(a) == 1 and a.rank("session/x", members_a) == got_a
+    assert len(a) == 1  # answered from a's memo, which b's churn left alone
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8", None])
+def test_a_ranker_bound_must_be_a_positive_int(bad):
+    with pytest.raises(InvalidValue, match="max_entries"):
+        Ranker(max_entries=bad)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: r.rank(3, ["a"]),
+        lambda r: r.rank("w", ["a", 5]),
+        lambda r: r.successor("", ["a"]),
+        lambda r: r.standby("w", "", ["a"]),
+    ],
+)
+def test_a_ranker_refuses_bad_ids_and_remembers_nothing(call):
+    ranker = Ranker()
+    with pytest.raises(InvalidValue):
+        call(ranker)
+    assert len(ranker) == 0
