@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli._parser import add_command
 from crdt_types.errors import LocalError
 
 __all__ = [
@@ -76,10 +77,7 @@ def add_actions(
     sub: argparse._SubParsersAction, name: str, help: str, doc: str | None
 ) -> argparse._SubParsersAction:
     """Add command `name` (described by the module `doc`) whose ACTION is required."""
-    parser = sub.add_parser(
-        name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions = add_command(sub, name, help, doc).add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     return actions
 

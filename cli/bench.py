@@ -16,12 +16,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from cli._parser import add_command
+
 SUITES = ("storage", "crash", "throughput", "convergence", "failover", "wire")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `bench` and one sub-parser per available suite."""
-    parser = sub.add_parser("bench", help="run a benchmark suite", description=__doc__)
+    parser = add_command(sub, "bench", "run a benchmark suite", __doc__, wrap=True)
     suites = parser.add_subparsers(dest="suite", metavar="SUITE")
     suites.required = True
     modules = available_suites()

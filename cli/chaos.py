@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli._parser import add_command
 from crdt_types.errors import LocalError, StatemeshError
 
 MAX_MINUTES = 24 * 60.0
@@ -38,11 +39,8 @@ MAX_MINUTES = 24 * 60.0
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `chaos` subcommand."""
-    p = sub.add_parser(
-        "chaos",
-        help="fault-injection campaign on namespace hosts (root)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "chaos", "fault-injection campaign on namespace hosts (root)", __doc__, run
     )
     p.add_argument("--hosts", type=int, default=5, help="namespace hosts, one peer each (3..16)")
     p.add_argument("--minutes", type=float, default=1.0, help="campaign length (float)")
@@ -56,7 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", metavar="DIR", help="copy agent logs and the timeline here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="FILE.png", help="draw faults, takeovers and write rates here")
-    p.set_defaults(func=run)
 
 
 def _fail(message: str) -> int:

@@ -42,6 +42,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cli._parser import add_command
 from mesh.agent_process import alive_members, pump, read_events
 
 MAX_PEERS = 9
@@ -58,17 +59,13 @@ class _Interrupted(Exception):
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
-    p = sub.add_parser(
-        "demo",
-        help="kill a peer mid-conversation and watch another take over",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "demo", "kill a peer mid-conversation and watch another take over", __doc__, run
     )
     p.add_argument("--peers", type=int, default=3, help=f"peers to start (2..{MAX_PEERS})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--data", metavar="DIR", help="keep the peers' data here (default: a temp dir)")
     p.add_argument("--plot", metavar="FILE.png", help="draw the timeline into a PNG")
-    p.set_defaults(func=run)
 
 
 class Peer:

@@ -18,21 +18,20 @@ import argparse
 import json
 import sys
 
+from cli._parser import add_command
 from crdt_types.errors import StorageError
 from mesh.storage import DB_NAME, Report, Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `inspect` subcommand."""
-    parser = sub.add_parser(
-        "inspect", help="list and verify the documents in a data directory", description=__doc__
-    )
+    summary = "list and verify the documents in a data directory"
+    parser = add_command(sub, "inspect", summary, __doc__, run, wrap=True)
     parser.add_argument("data_dir", metavar="DATA_DIR", help="the node's data directory")
     parser.add_argument(
         "--verify", action="store_true", help="also run integrity, checkpoint and schema checks"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

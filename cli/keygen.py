@@ -14,22 +14,17 @@ import json
 import secrets
 import sys
 
+from cli._parser import add_command
 from crdt_types.errors import LocalError
 from gossip.keyring import KEY_BYTES, key_id, write_key_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `keygen` subcommand."""
-    parser = sub.add_parser(
-        "keygen",
-        help="write a new random cluster key file",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(sub, "keygen", "write a new random cluster key file", __doc__, run)
     parser.add_argument("--out", required=True, metavar="FILE", help="key file to create")
     parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

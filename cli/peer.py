@@ -41,6 +41,7 @@ import sys
 
 import trio
 
+from cli._parser import add_command
 from crdt_types.errors import LocalError, StatemeshError, StorageError
 from gossip.config import PROFILES
 from gossip.quorum import POLICIES
@@ -52,8 +53,7 @@ DEFAULT_PORT = 7946
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `peer` subcommand."""
-    p = sub.add_parser("peer", help="run a mesh peer until SIGTERM/SIGINT", description=__doc__)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p = add_command(sub, "peer", "run a mesh peer until SIGTERM/SIGINT", __doc__, run)
     p.add_argument("--config", default=None, metavar="FILE", help="TOML file of settings")
     p.add_argument("--node", default=None, help="this node's unique name (required)")
     p.add_argument("--data", default=None, metavar="DIR", help="data directory (required)")
@@ -115,7 +115,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--log-format", default=None, choices=LOG_FORMATS, help="human (default) or json lines"
     )
     p.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="default: info")
-    p.set_defaults(func=run)
 
     def one_line_error(message: str) -> None:
         # Bad flags: one line on stderr and exit 2, as for every other usage error.

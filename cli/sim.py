@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from cli._parser import add_command
 from crdt_types.errors import LocalError
 
 _CODEC_UP_TO = 200  # nodes; above this `--wire auto` sizes frames without the codec checks
@@ -21,11 +22,8 @@ _CODEC_UP_TO = 200  # nodes; above this `--wire auto` sizes frames without the c
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `sim` subcommand."""
-    p = sub.add_parser(
-        "sim",
-        help="simulate a mesh on a virtual network (deterministic)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "sim", "simulate a mesh on a virtual network (deterministic)", __doc__, run
     )
     p.add_argument("--nodes", type=int, required=True, help="number of nodes")
     p.add_argument("--seed", type=int, default=1, help="seed for everything (default 1)")
@@ -63,7 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"codec up to {_CODEC_UP_TO} nodes); byte counts are equal either way",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from cli._http_client import Client, Unreachable, run_guarded
+from cli._parser import add_command
 
 PROG = "statemesh status"
 MAX_INTERVAL = 3600.0
@@ -32,19 +33,14 @@ MAX_INTERVAL = 3600.0
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `status` subcommand."""
-    p = sub.add_parser(
-        "status",
-        help="show a peer's members, readiness, lag, owners and takeovers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    summary = "show a peer's members, readiness, lag, owners and takeovers"
+    p = add_command(sub, "status", summary, __doc__, lambda a: run_guarded(PROG, run, a))
     p.add_argument("--http", required=True, metavar="HOST:PORT", help="a peer's --http")
     p.add_argument("--json", action="store_true", help="print the /status JSON")
     p.add_argument("--watch", action="store_true", help="refresh a live view in place")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     p.add_argument("--count", type=int, default=None, help="stop after N refreshes")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
-    p.set_defaults(func=lambda a: run_guarded(PROG, run, a))
 
 
 def _yes(flag: Any) -> str:
