@@ -16,16 +16,9 @@ import pytest
 
 from cli.config import parse_value
 from gossip.keyring import write_key_file
-from tests.cli.ops_peers import STATEMESH, cli, cli_process, start_pair, wait_for
+from tests.cli.ops_peers import STATEMESH, cli, cli_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    key, a, b = start_pair(tmp_path_factory.mktemp("config"))
-    yield key, a, b
-    a.stop(), b.stop()
 
 
 def one_line(out) -> str:
@@ -53,7 +46,7 @@ def test_value_is_json_when_it_parses_else_a_string(text, string, value):
 
 
 def test_set_on_one_peer_is_read_on_the_other(pair):
-    key, a, b = pair
+    _, key, a, b = pair
     # The real command once (console entry point, a process of its own), then in-process.
     out = cli_process("config", "set", "--http", a.http, "--key-file", key, "flags.beta", "true")
     assert out.returncode == 0, out.stderr
@@ -100,7 +93,7 @@ def test_set_on_one_peer_is_read_on_the_other(pair):
 def test_refused_sets_exit_1_with_the_peers_message_and_change_nothing(
     pair, tmp_path, args, message
 ):
-    key, a, _ = pair
+    _, key, a, _ = pair
     other = tmp_path / "other.key"
     write_key_file(other, os.urandom(32))
     args = [x.replace("{key}", str(key)).replace("{other}", str(other)) for x in args]
@@ -114,7 +107,7 @@ def test_refused_sets_exit_1_with_the_peers_message_and_change_nothing(
 
 
 def test_unknown_key_exits_1(pair):
-    _, a, _ = pair
+    _, _, a, _ = pair
     out = cli_process("config", "get", "--http", a.http, "flags.never")
     assert out.returncode == 1 and "not set" in one_line(out)
 
@@ -131,7 +124,7 @@ def test_unknown_key_exits_1(pair):
     ],
 )
 def test_unreachable_peers_and_bad_flags_exit_2_with_one_line(pair, args, message):
-    _, a, _ = pair
+    _, _, a, _ = pair
     out = cli("config", *[x.replace("{a}", a.http) for x in args])
     assert out.returncode == 2 and message in one_line(out)
 

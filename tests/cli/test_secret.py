@@ -9,19 +9,11 @@ import os
 import pytest
 
 from gossip.keyring import write_key_file
-from tests.cli.ops_peers import cli, cli_process, start_pair, wait_for
+from tests.cli.ops_peers import cli, cli_process, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 VALUE = b"sk-live-6f1e0c-never-in-clear"
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("secret")
-    key, a, b = start_pair(root)
-    yield root, key, a, b
-    a.stop(), b.stop()
 
 
 def one_line(out) -> str:

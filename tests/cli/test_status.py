@@ -13,17 +13,9 @@ import time
 
 import pytest
 
-from tests.cli.ops_peers import STATEMESH, cli, start_pair, wait_for
+from tests.cli.ops_peers import STATEMESH, cli, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("status")
-    key, a, b = start_pair(root)
-    yield root, key, a, b
-    a.stop(), b.stop()
 
 
 def test_json_has_members_readiness_lag_owners_and_takeovers(pair):
