@@ -488,19 +488,22 @@ class Failover:
 
     # --- takeover ----------------------------------------------------------------------------
 
+    def pull_peers(self) -> list[str]:
+        """The live members `pull` exchanges with: every one but us whose address we know."""
+        membership = self.mesh.node.membership
+        return [
+            p
+            for p in membership.live_members()
+            if p != self.me and membership.address_of(p) is not None
+        ]
+
     async def pull(self, doc_ids: list[str], timeout: float = PULL_TIMEOUT) -> int:
         """Exchange `doc_ids` with every live member; returns how many answered in `timeout`."""
         mesh = self.mesh
-        node = mesh.node
         now = trio.current_time()
         waits: list[trio.Event] = []
         sessions: list[int] = []
-        for peer in node.membership.live_members():
-            if peer == self.me:
-                continue
-            address = node.membership.address_of(peer)
-            if address is None:
-                continue
+        for peer in self.pull_peers():
             session, out = self._start_pull(now, peer, doc_ids)
             done = self._pulls[session] = trio.Event()
             waits.append(done)

@@ -229,12 +229,8 @@ class Operations:
         damaged = sorted(replica.damaged)
         if not damaged or failover is None or mesh._leaving or mesh._closed:
             return []
-        membership = mesh.node.membership
-        peers = [
-            p
-            for p in membership.live_members()
-            if p != mesh.node_id and membership.address_of(p) is not None
-        ]
+        # The very peers `pull` asks (no await in between): all of them must answer.
+        peers = failover.pull_peers()
         if not peers:
             return []
         answered = await failover.pull(damaged, timeout=REPAIR_PULL_TIMEOUT)
