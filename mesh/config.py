@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crdt_types.errors import InvalidValue, LocalError
+from crdt_types.errors import LocalError
 from gossip.config import PROFILES, GossipConfig
 from gossip.config import profile as gossip_profile
 from gossip.keyring import Keyring, load_key_file
@@ -140,7 +140,7 @@ class MeshConfig:
                 f"split_brain must be 'majority' or 'availability', got {self.split_brain!r}"
             )
         if self.on_unreadable_store not in UNREADABLE_POLICIES:
-            raise InvalidValue(
+            raise LocalError(
                 f"on_unreadable_store must be 'refill' or 'stop', got {self.on_unreadable_store!r}"
             )
         if not isinstance(self.insecure, bool) or not isinstance(self.mdns, bool):

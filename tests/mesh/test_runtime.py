@@ -306,13 +306,18 @@ async def test_unusable_data_dir_and_busy_address_raise_clear_errors(tmp_path):
         ({"http": "nowhere"}, "host:port"),
         ({"leave_timeout": 0}, "leave_timeout"),
         ({"seed": "1"}, "seed"),
+        ({"split_brain": "quorum"}, "split_brain"),
+        ({"on_unreadable_store": "delete"}, "on_unreadable_store"),
+        ({"on_unreadable_store": True}, "on_unreadable_store"),
     ],
 )
 def test_mesh_config_rejects_each_bad_field(tmp_path, fields, message):
     base = {"node": "n", "data_dir": tmp_path, "insecure": True}
     base.update(fields)
-    with pytest.raises(LocalError, match=message):
+    with pytest.raises(LocalError, match=message) as info:
         MeshConfig(**base)
+    # One class for every field check, whatever the field: callers catch one thing.
+    assert type(info.value) is LocalError, type(info.value)
 
 
 @pytest.mark.parametrize("nudge", [True, False])

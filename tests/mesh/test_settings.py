@@ -514,7 +514,6 @@ def test_split_brain_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_p
 
 def test_unreadable_store_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_path):
     from cli.main import build_parser
-    from crdt_types.errors import InvalidValue
     from mesh.config import MeshConfig
 
     assert _resolve(flags=BASE).on_unreadable_store == "refill"  # the default
@@ -538,5 +537,6 @@ def test_unreadable_store_policy_from_file_env_and_flag_reaches_the_mesh_config(
         _resolve(config=bad)
     with pytest.raises(LocalError, match="STATEMESH_ON_UNREADABLE_STORE: must be one of"):
         _resolve(flags=BASE, env={"STATEMESH_ON_UNREADABLE_STORE": "yes"})
-    with pytest.raises(InvalidValue, match="on_unreadable_store must be 'refill' or 'stop'"):
+    with pytest.raises(LocalError, match="on_unreadable_store must be 'refill' or 'stop'") as info:
         MeshConfig(node="n", data_dir=tmp_path / "d", insecure=True, on_unreadable_store=True)
+    assert type(info.value) is LocalError  # like every other MeshConfig field check
