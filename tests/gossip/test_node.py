@@ -170,3 +170,32 @@ def test_misuse_raises_local_error():
     with_replica.leave(0.1)
     with pytest.raises(LocalError):
         with_replica.local_update(0.2, "d", b"\x00\x00")
+
+
+def test_a_pull_routes_each_released_message_to_its_own_destination():
+    # The send budget holds back a second pull to c at one instant; the next instant a
+    # pull to b releases it. It must go to c's address, not ride in b's envelope.
+    from gossip.messages import DocVectors
+    from gossip.replication import ReplicationConfig
+
+    b_addr, c_addr = "127.0.0.2:7002", "127.0.0.3:7003"
+    cfg = ReplicationConfig(chunk_bytes=1000, max_send_bytes=6000)
+    a = Node("a", "127.0.0.1:7001", lan(), random.Random(SEED), MemoryReplica(), replication=cfg)
+    a.start(0.0, known=[("b", b_addr), ("c", c_addr)])
+    docs = [f"session/{i:04d}" for i in range(100)]  # a DocVectors of ~4 KB: one per instant
+
+    def vectors(out: Output) -> dict[str, list[int]]:
+        got: dict[str, list[int]] = {}
+        for address, env in out.sends:
+            sessions = [x.session for x in env.messages if isinstance(x, DocVectors)]
+            if sessions:
+                got.setdefault(address, []).extend(sessions)
+        return got
+
+    first, out = a.pull(0.0, "c", docs)
+    assert vectors(out) == {c_addr: [first]}
+    held, out = a.pull(0.0, "c", docs)
+    assert vectors(out) == {}  # over c's budget for this instant: held back
+    mine, out = a.pull(0.5, "b", ["session/x"])
+    assert vectors(out) == {c_addr: [held], b_addr: [mine]}, (SEED, vectors(out))
+    assert len({address for address, _ in out.sends}) == len(out.sends)  # one envelope each
