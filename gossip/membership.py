@@ -102,7 +102,7 @@ MAX_INCARNATION = 2**63 - 2**32
 class Member:
     """What we believe about one member (mutable, owned by `Membership`)."""
 
-    __slots__ = ("node", "address", "incarnation", "state", "since", "origin", "meta")
+    __slots__ = ("node", "address", "incarnation", "state", "since", "origin", "meta", "acked")
 
     def __init__(
         self,
@@ -121,6 +121,9 @@ class Member:
         self.since = since  # when it entered `state`, for reaping and gossip-to-the-dead
         self.origin = origin
         self.meta = meta
+        # When it last acknowledged one of our probes itself (None: never): proof that it
+        # exists and talks to us, which gossip about it is not (gossip.quorum admission).
+        self.acked: float | None = None
 
     def update(self) -> MemberUpdate:
         """This record as a wire rumour."""
@@ -591,6 +594,10 @@ class Membership:
             if msg.target == self.node_id:
                 self._outbox.append((sender_address, Ack(msg.seq)))
         elif isinstance(msg, Ack):
+            p = self._probe
+            target = self.members.get(p.target) if p is not None and p.seq == msg.seq else None
+            if target is not None and target.address == sender_address:
+                target.acked = now  # from the target, not relayed by a helper
             self._on_ack(msg.seq)
         elif isinstance(msg, PingReq):
             self._on_ping_req(now, sender_address, msg)

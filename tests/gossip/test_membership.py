@@ -604,3 +604,22 @@ def test_caps_as_tight_as_the_cluster_never_drop_a_real_member():
     for node_id in sim.up_nodes():
         refused = sim.nodes[node_id].membership.refused
         assert refused["envelope_cap"] == refused["table_full"] == 0, (SEED, node_id, refused)
+
+
+def test_only_an_ack_from_the_probed_member_itself_records_it_as_acked():
+    # Admission to the split-brain stable set (gossip.quorum) needs proof that a member
+    # exists and talks to us: its own ack to our probe, not one relayed by a helper.
+    m = make("a", "b")
+    assert m.members["b"].acked is None
+    t, pings = 0.0, []
+    while not pings and t < 1.0:
+        m.tick(t)
+        pings = [msg for _, msg in m.take()[0] if isinstance(msg, Ping)]
+        t += 0.005
+    [ping] = pings
+    m.handle(t, addr("c"), Ack(ping.seq))  # relayed by a helper: not proof
+    assert m.members["b"].acked is None
+    m.handle(t + 0.001, addr("b"), Ack(ping.seq + 1))  # not our probe's seq
+    assert m.members["b"].acked is None
+    m.handle(t + 0.002, addr("b"), Ack(ping.seq))
+    assert m.members["b"].acked == t + 0.002
