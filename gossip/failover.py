@@ -56,6 +56,9 @@ Peers declare the owner dead at slightly different times, so slots differ by tha
 majority of the last stable membership (ties to the half with the lowest id; or the
 availability policy), where seeing a member means it has been alive since before the
 failure *and* it answered a request we sent after the failure was declared: a round trip.
+A member enters the stable set only once it has answered some request of ours (a pull,
+or a probe it acknowledged itself), so made-up members announced by a key holder never
+make a quorum that only they could complete.
 Hearing from it is not enough, since a node whose outbound traffic is cut hears everyone
 while nobody hears it (`statemesh chaos`, issue 8). An owner we heard from after
 declaring it dead is not taken over for `catchup_timeout` (a healed partition: it is
@@ -86,6 +89,7 @@ from gossip.quorum import (
     POLICIES,
     RECHECK,
     StableMembership,
+    admitted,
     has_quorum,
     visible,
 )
@@ -161,8 +165,11 @@ class MemberView:
     `state` since `since`; `ready`: its replica is caught up and its stores loaded (as it
     announced); `heard`: when this node last received an authenticated frame from it
     (None: never); `answered`: when this node sent the latest request that the member
-    answered (`gossip.quorum.RoundTrips`; None: never). The split-brain rule counts only
-    members that answered after a failure; `heard` serves the `owner_heard` hold.
+    answered (`gossip.quorum.RoundTrips`; None: never); `acked`: when the member last
+    acknowledged one of our probes itself (`gossip.membership.Member.acked`; None: never).
+    The split-brain rule counts only members that answered after a failure, and admits to
+    the stable set only members that answered or acked something; `heard` serves the
+    `owner_heard` hold.
     """
 
     node: str
@@ -171,6 +178,7 @@ class MemberView:
     ready: bool = True
     heard: float | None = None
     answered: float | None = None
+    acked: float | None = None
 
     def __post_init__(self) -> None:
         _check_id(self.node, "member id")
@@ -182,7 +190,7 @@ class MemberView:
             raise InvalidValue(f"member {self.node!r}: since is NaN")
         if not isinstance(self.ready, bool):
             raise InvalidValue(f"member {self.node!r}: ready must be a bool")
-        for what in ("heard", "answered"):
+        for what in ("heard", "answered", "acked"):
             t = getattr(self, what)
             if t is not None and (
                 isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t)
@@ -338,6 +346,7 @@ class MemberRecord(Protocol):
     node: str
     state: str
     since: float
+    acked: float | None
 
 
 def member_views(
@@ -346,7 +355,10 @@ def member_views(
     heard: Mapping[str, float] | None = None,
     answered: Mapping[str, float] | None = None,
 ) -> dict[str, MemberView]:
-    """MemberViews from membership records, a readiness test, last-heard and answered times."""
+    """MemberViews from membership records, a readiness test, last-heard and answered times.
+
+    A record's `acked` (its last direct probe ack) is carried over as is.
+    """
     heard = heard or {}
     answered = answered or {}
     return {
@@ -357,6 +369,7 @@ def member_views(
             bool(ready(m.node)),
             heard.get(m.node),
             answered.get(m.node),
+            m.acked,
         )
         for m in members
     }
@@ -428,8 +441,22 @@ def quorum_ok(view: FailoverView, since: float, owner: str | None = None) -> boo
 
 
 def _eligible(view: FailoverView, owner: str) -> list[str]:
-    # Alive, not suspect: a suspect may be on the other side of a partition.
-    return [n for n, m in view.members.items() if n != owner and m.state == ALIVE and m.ready]
+    # Alive, not suspect: a suspect may be on the other side of a partition. Admitted (in
+    # the stable set, or answered us): a member only gossip speaks of may be made up, and
+    # ranked first it would hold the real successor's slot back for nothing.
+    ok = _admitted(view)
+    return [
+        n
+        for n, m in view.members.items()
+        if n != owner and m.state == ALIVE and m.ready and n in ok
+    ]
+
+
+def _admitted(view: FailoverView) -> frozenset[str]:
+    states = {n: m.state for n, m in view.members.items()}
+    answered = {n: m.answered for n, m in view.members.items() if m.answered is not None}
+    proven = [n for n, m in view.members.items() if m.acked is not None]
+    return admitted(view.me, states, answered, proven, view.stable)
 
 
 def coverage_target(view: FailoverView, workload: str, owner: str) -> VersionVector:
@@ -750,7 +777,9 @@ class FailoverState:
         states = {n: m.state for n, m in view.members.items()}
         answered = {n: m.answered for n, m in view.members.items() if m.answered is not None}
         up_since = {n: m.since for n, m in view.members.items()}
-        self.membership.observe(now, states, answered, up_since)
+        # Admission to the stable set: answered a request of ours (a pull or a probe).
+        proven = [n for n, m in view.members.items() if m.acked is not None]
+        self.membership.observe(now, states, answered, up_since, proven)
         view = FailoverView(
             self.me,
             view.members,
@@ -892,7 +921,8 @@ class FailoverState:
         durable: DurableLookup = _no_durable,
     ) -> list[Takeover]:
         """Plan the graceful hand-off of everything this node owns (see `plan_handoff`)."""
-        view = FailoverView(self.me, members, tuple(claims), durable, None, self.policy)
+        stable = self.membership.stable
+        view = FailoverView(self.me, members, tuple(claims), durable, stable, self.policy)
         return plan_handoff(self.me, view, self.ranker)
 
     def _announce(self, plans: list[Takeover]) -> list[TakeoverPlanned]:

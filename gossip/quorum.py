@@ -25,9 +25,17 @@ side that holds the majority the runtime asks live members as soon as it declare
 death, so a real failure costs one round trip. Suspects never count.
 
 The stable membership. `StableMembership` follows the set of members that are up (alive
-or suspect, this node included) and adopts it as the stable set once it has held,
-unchanged, for `settle` seconds, and only if this side has a quorum of the stable set it
-replaces (answers to requests sent since the change). That second condition is what makes the rule
+or suspect, this node included) *and admitted*, and adopts it as the stable set once it
+has held, unchanged, for `settle` seconds, and only if this side has a quorum of the
+stable set it replaces (answers to requests sent since the change). A member is admitted
+once it has answered a request this node sent (a `RoundTrips` exchange, or a probe it
+acknowledged itself): it exists and talks to us. Gossip saying it is alive is not enough:
+a peer holding the cluster key can announce 2,048 made-up members in one frame, which
+stay alive until each is probed; counted in the stable set, they made a quorum that
+only they could complete, so a real death waited until they were reaped (and, as they
+never answered, the stable set could not shrink under quorum to drop them). Members
+already in the stable set (restored from disk or adopted) stay until they leave or the
+set shrinks without them, as before. That second condition is what makes the rule
 hold over time: the minority side of a partition sees the majority go dead, but it never
 reaches quorum, so it never shrinks its stable set to itself and never gains the right
 to take over; the majority side does, so a 3-node mesh that lost one node can lose
@@ -38,7 +46,11 @@ majority only if k of n already was).
 
 Limits, honestly: until the first adoption (`settle` seconds after start) a node has no
 stable set and has no quorum; a node that starts fresh inside a minority partition,
-knowing nobody, adopts that minority as its stable set. Persist `stable` (the runtime can
+knowing nobody, adopts that minority as its stable set; so does one whose members have
+not answered it within `settle` (they join the set once they do: SWIM probes every live
+member once per round, and the runtime exchanges the ownership table with each member
+that joins). A made-up member whose address a key holder answers from is admitted like
+a real one: admission proves a peer talks to us, not that it is honest. Persist `stable` (the runtime can
 store it next to its data) and pass it back on restart to close that gap. Quorum here is
 a local decision from gossiped membership, not consensus: with partitions that change
 faster than `settle`, two sides can still both act, and the epochs in the ownership
@@ -62,6 +74,7 @@ __all__ = [
     "RECHECK",
     "RoundTrips",
     "StableMembership",
+    "admitted",
     "has_quorum",
     "visible",
 ]
@@ -131,21 +144,25 @@ class StableMembership:
         states: Mapping[str, str],
         answered: Mapping[str, float],
         up_since: Mapping[str, float] | None = None,
+        proven: Iterable[str] = (),
     ) -> bool:
         """Feed member states, when each last answered us (and entered its state) at `now`.
 
-        `answered[n]` is when we sent the latest request that `n` answered (`RoundTrips`).
+        `answered[n]` is when we sent the latest request that `n` answered (`RoundTrips`);
+        `proven` names members that answered some other request of ours (a probe they
+        acknowledged themselves). Only those, and members of the stable set, are admitted.
 
         Returns True if the stable set changed.
         """
         _check_states(states)
         _check_answered(answered)
+        proven = _check_proven(proven)
         changed = False
         left = {n for n, s in states.items() if s == LEFT and n != self.me}
         if self._stable is not None and self._stable & left:
             self._stable = self._stable - left
             changed = True
-        up = frozenset(n for n, s in states.items() if s in (ALIVE, SUSPECT)) | {self.me}
+        up = self.admitted(states, answered, proven)
         if up != self._candidate:
             self._candidate = up
             self._since = now
@@ -173,6 +190,12 @@ class StableMembership:
             self._adopted = now
             changed = True
         return changed
+
+    def admitted(
+        self, states: Mapping[str, str], answered: Mapping[str, float], proven: Iterable[str] = ()
+    ) -> frozenset[str]:
+        """Us and the members up that are in the stable set or answered a request of ours."""
+        return admitted(self.me, states, answered, proven, self._stable)
 
     def has_quorum(
         self,
@@ -208,6 +231,28 @@ class StableMembership:
 RECHECK = 0.25  # seconds between quorum re-checks while evidence is missing
 
 
+def admitted(
+    me: str,
+    states: Mapping[str, str],
+    answered: Mapping[str, float],
+    proven: Iterable[str] = (),
+    stable: Iterable[str] | None = None,
+) -> frozenset[str]:
+    """Us and the members up (alive or suspect) in `stable` or that answered a request of ours.
+
+    The admission rule, in one place: `answered` holds members that answered an exchange
+    (`RoundTrips`), `proven` those that acknowledged a probe themselves. A member only
+    gossip speaks of, made up or not yet heard from, is not admitted.
+    """
+    known = set(proven)
+    if stable is not None:
+        known.update(stable)
+    known.add(me)
+    return frozenset(
+        n for n, s in states.items() if s in (ALIVE, SUSPECT) and (n in known or n in answered)
+    ) | {me}
+
+
 def visible(
     me: str,
     states: Mapping[str, str],
@@ -237,6 +282,17 @@ def _check_answered(answered: Mapping[str, float]) -> None:
     for node, t in answered.items():
         if isinstance(t, bool) or not isinstance(t, int | float) or math.isnan(t):
             raise InvalidValue(f"answered time of {node!r} must be a number, not {t!r}")
+
+
+def _check_proven(proven: Iterable[str]) -> frozenset[str]:
+    if isinstance(proven, str | bytes) or not isinstance(proven, Iterable):
+        raise InvalidValue(f"proven must be a collection of member ids, not {proven!r}")
+    out = []
+    for node in proven:
+        if not isinstance(node, str) or not node:
+            raise InvalidValue(f"proven member id must be a non-empty str, not {node!r}")
+        out.append(node)
+    return frozenset(out)
 
 
 class RoundTrips:

@@ -1093,3 +1093,49 @@ def test_a_claim_seen_before_the_verdict_does_not_wait():
     # Claims read at the first step (a restart) count as old too.
     fresh = FailoverState("b", FailoverPolicy(catchup_timeout=CATCHUP), settle=0.0, stable="abc")
     assert [t.reason for t in fresh.step(3.0, dead, [Claim("w", "a", 2)]).plans] == ["caught_up"]
+
+
+def test_member_views_carry_the_direct_probe_ack_of_each_record():
+    from gossip.config import lan
+    from gossip.membership import Membership
+    from gossip.messages import Ack, Ping
+
+    m = Membership("a", "127.0.0.1:1", lan(), random.Random(1))
+    m.start(0.0, known=[("b", "127.0.0.1:2")])
+    m.take()
+    m.tick(1.0)
+    [ping] = [msg for _, msg in m.take()[0] if isinstance(msg, Ping)]
+    m.handle(1.01, "127.0.0.1:2", Ack(ping.seq))
+    views = member_views(m.members.values(), ready=bool)
+    assert views["b"].acked == 1.01 and views["a"].acked is None
+
+
+def _flooded_members(seed: int, n: int) -> dict[str, MemberView]:
+    """a, b, c, d up (d only acked a probe of ours), plus `n` made-up members that never answered."""
+    rng = random.Random(seed)
+    members = _members_at({"a": ALIVE, "b": ALIVE, "c": ALIVE})
+    members["d"] = MemberView("d", ALIVE, 2.0, True, 2.1, None, 2.1)
+    for _ in range(n):
+        fake = f"made-up-{rng.getrandbits(48):012x}"
+        members[fake] = MemberView(fake, ALIVE, 2.0, True, None, None, None)
+    return members
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_state_machine_admits_a_member_that_acked_a_probe_and_no_made_up_one(seed):
+    # A key holder named 2,048 made-up members (alive until each is probed); d is real
+    # and answered one of our probes. Only d joins the stable set, and when b dies the
+    # decision is the one a mesh without the flood makes, at the same moment.
+    claims = [Claim("w", "b", 1)]
+    plans = {}
+    for n in (0, 2048):
+        a = FailoverState("a", FailoverPolicy(stagger=STAGGER), settle=1.0, stable="abc")
+        members = _flooded_members(seed, n)
+        for t in (2.0, 2.5, 3.0):
+            a.step(t, members, claims)
+        assert a.membership.stable == set("abcd"), (seed, n)
+        members["b"] = MemberView("b", DEAD, 5.0)
+        d = a.step(5.0, members, claims)
+        plans[n] = [(t.reason, t.successor, t.not_before) for t in d.plans]
+        assert plans[n][0][0] == "caught_up", (seed, n, plans[n])
+    assert plans[2048] == plans[0], seed

@@ -11,11 +11,15 @@ virtual time only.
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
+
 import pytest
 
 from crdt_types.ownership import OwnershipTable
-from gossip.events import MemberDead, TakeoverPlanned, WorkloadFenced
+from gossip.events import MemberAlive, MemberDead, MemberJoined, TakeoverPlanned, WorkloadFenced
 from gossip.failover import FailoverPolicy, FailoverState, member_views
+from gossip.messages import ALIVE, Envelope, MembershipSync, MemberUpdate
 from gossip.quorum import RoundTrips
 from gossip.replication import DocumentUpdated
 from gossip.simulator import Simulator
@@ -46,6 +50,8 @@ class Mesh:
         self.heard: dict[str, dict[str, float]] = {node: {} for node in self.ids}
         self.trips = {node: RoundTrips() for node in self.ids}
         self.next_ask = dict.fromkeys(self.ids, -1.0)
+        self.started: set[str] = set()  # only a started node decides, as in the runtime
+        self._driving = False
         self.due = dict.fromkeys(self.ids, float("inf"))  # next step scheduled per node
         self.sim.on_receive = self._received
         self.sim.on_event = self._event
@@ -55,6 +61,10 @@ class Mesh:
         self.trips[dst].received(env.sender, env.messages)
 
     def _event(self, now: float, node: str, event: object) -> None:
+        if isinstance(event, MemberJoined | MemberAlive) and event.node != node:
+            # The runtime exchanges the ownership table with every member that joins or
+            # comes back: a round trip, and the usual proof that the member exists.
+            self.sim.at(now, lambda node=node, peer=event.node: self._pull(node, peer))
         if isinstance(event, MemberDead):
             # Ask at once, as the runtime does on MemberDead (after this event is handled).
             self.next_ask[node] = -1.0
@@ -72,7 +82,7 @@ class Mesh:
     def _woken(self, node: str, at: float) -> None:
         if self.due[node] == at:
             self.due[node] = float("inf")
-            if self.sim.is_up(node):
+            if self.sim.is_up(node) and node in self.started:
                 self._step(node)
 
     def _ask(self, node: str) -> None:
@@ -82,15 +92,30 @@ class Mesh:
             return
         self.next_ask[node] = sim.now + ASK_INTERVAL
         for peer in live.membership.live_members():
-            session, sends = live.replicator.pull(sim.now, peer, [OWNERSHIP])
-            self.trips[node].sent(sim.now, peer, session)
-            sim.send(node, peer, [m for _, m in sends])
+            self._pull(node, peer)
 
-    def start(self) -> None:
-        self.sim.start(self.ids[0])
-        for node in self.ids[1:]:
-            self.sim.start(node, seeds=[self.ids[0]])
-        self.sim.at(PERIOD, self._drive)
+    def _pull(self, node: str, peer: str) -> None:
+        """Exchange the ownership table with `peer`, its answer registered in `RoundTrips`."""
+        sim = self.sim
+        live = sim.nodes[node]
+        if live is None or not live.membership.is_live(peer):
+            return
+        # Through Node.pull, as the runtime does: it routes by the member's address, which
+        # a made-up member has too (nobody there answers).
+        session, out = live.pull(sim.now, peer, [OWNERSHIP])
+        self.trips[node].sent(sim.now, peer, session)
+        sim._handle(node, out)
+
+    def start(self, nodes: list[str] | None = None) -> None:
+        """Start `nodes` (all by default) now, joining through the first, and the decisions."""
+        nodes = self.ids if nodes is None else nodes
+        for node in nodes:
+            seeds = [] if node == self.ids[0] else [self.ids[0]]
+            self.sim.start(node, seeds=seeds)
+            self.started.add(node)
+        if not self._driving:
+            self._driving = True
+            self.sim.at(self.sim.now + PERIOD, self._drive)
 
     def claim(self, node: str, workload: str, owner: str, epoch: int) -> None:
         doc = self.sim.replicas[node].doc(OWNERSHIP)
@@ -101,7 +126,8 @@ class Mesh:
 
     def _drive(self) -> None:
         for node in self.sim.up_nodes():
-            self._step(node)
+            if node in self.started:
+                self._step(node)
         self.sim.at(self.sim.now + PERIOD, self._drive)
 
     def _step(self, node: str) -> None:
@@ -252,3 +278,89 @@ def test_availability_partition_heal_leaves_one_takeover_not_a_third_epoch(seed)
     made = [(c[1], c[3]) for c in mesh.claims_made]
     assert made == [("n2", 2)], (seed, mesh.claims_made)
     assert all(mesh.owners(n) == {"session/busy": ("n2", 2)} for n in mesh.ids), seed
+
+
+# --- a keyed flood of made-up members (issue: admission to the stable set) -----------------
+
+# Made-up members per flooded node. Each one never answers, so it also slows the SWIM
+# detection of a real death (probes and helpers wasted on it); 16 already outnumber the
+# four real members, which is what mattered to the stable set.
+FLOOD = 16
+# From the first death verdict to the first claim: a round trip for the quorum evidence
+# plus the best-ranked member's slot, with or without a flood.
+DECIDE = 0.5
+
+
+def _flood(mesh: Mesh, nodes: list[str], n: int, seed: int) -> set[str]:
+    """Deliver a key holder's push-pull naming `n` made-up alive members to `nodes` now."""
+    rng = random.Random(f"flood:{seed}")
+    fakes = tuple(
+        MemberUpdate(
+            f"made-up-{rng.getrandbits(48):012x}",
+            f"10.250.{i // 250}.{i % 250}:7946",  # an address nobody in the simulation has
+            0,
+            ALIVE,
+            "vandal",
+        )
+        for i in range(n)
+    )
+    env = Envelope("vandal", "10.251.0.1:7946", 0, (MembershipSync(fakes, False),))
+    sim = mesh.sim
+    for node in nodes:
+        sim._handle(node, sim.nodes[node].receive(sim.now, env))
+    return {u.node for u in fakes}
+
+
+@dataclass
+class _Run:
+    fakes: set[str]
+    stables: dict[str, frozenset[str] | None]  # each survivor's stable set at the kill
+    verdict: float | None  # first time a survivor declared the owner dead
+    claims: list[tuple[float, str, str, int]]
+    owners: dict[str, dict[str, tuple[str, int]]]  # each survivor's table at the end
+
+
+def _failover_after_flood(seed: int, flood: int) -> _Run:
+    """n0-n2 start, n1 owns three sessions; at 2.0 a flood, at 2.5 n3 joins, at 5.0 n1 dies."""
+    mesh = Mesh(seed, 4)
+    sim = mesh.sim
+    mesh.start(["n0", "n1", "n2"])
+    sim.run_until(0.5)
+    for i in range(3):
+        mesh.claim("n1", f"session/{i}", "n1", 1)
+    sim.run_until(2.0)
+    fakes = _flood(mesh, ["n0", "n1", "n2"], flood, seed) if flood else set()
+    sim.at(2.5, lambda: mesh.start(["n3"]))
+    sim.run_until(5.0)
+    survivors = ["n0", "n2", "n3"]
+    stables = {n: mesh.states[n].membership.stable for n in survivors}
+    sim.kill("n1")
+    sim.run_until(30.0)
+    verdicts = [
+        t for t, _, e in sim.event_log if isinstance(e, MemberDead) and e.node == "n1" and t >= 5
+    ]
+    owners = {n: mesh.owners(n) for n in survivors}
+    return _Run(fakes, stables, min(verdicts, default=None), mesh.claims_made, owners)
+
+
+@pytest.mark.parametrize("seed", range(1, 6))
+def test_a_keyed_flood_stays_out_of_the_stable_set_and_a_real_failover_does_not_wait(seed):
+    # Before admission required an answer, the made-up members settled into every stable
+    # set (20 of 20 members, 4 real) and n1's sessions were never taken over: a quorum of
+    # that set needed answers from members that do not exist, and with no quorum the set
+    # could not shrink to drop them (not in 145 s of virtual time, seeds 1-3).
+    calm = _failover_after_flood(seed, 0)
+    flooded = _failover_after_flood(seed, FLOOD)
+    assert len(flooded.fakes) == FLOOD
+    for run in (calm, flooded):
+        # n3 joined after the flood and answered: it entered; no made-up member did.
+        real = {"n0", "n1", "n2", "n3"}
+        assert all(s == real for s in run.stables.values()), (seed, len(run.fakes), run.stables)
+        assert run.verdict is not None, seed
+        first = min(c[0] for c in run.claims)
+        assert first - run.verdict <= DECIDE, (seed, len(run.fakes), run.verdict, run.claims)
+        # Every session ends with one survivor at epoch 2, the same on every survivor.
+        final = run.owners["n0"]
+        assert all(o == final for o in run.owners.values()), (seed, run.owners)
+        assert set(final) == {f"session/{i}" for i in range(3)}, seed
+        assert all(o in ("n0", "n2", "n3") and e == 2 for o, e in final.values()), (seed, final)

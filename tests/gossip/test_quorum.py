@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -283,3 +284,82 @@ def test_round_trips_refuse_bad_input_and_change_nothing(call):
     assert trips.outstanding() == 1 and trips.answered == {}
     with pytest.raises(InvalidValue):
         RoundTrips(limit=0)
+
+
+# --- admission: only members that answered a request of ours enter the stable set ----------
+
+
+def _made_up(seed: int, n: int) -> list[str]:
+    """`n` made-up member ids, as a key holder's flood would name them (seeded)."""
+    rng = random.Random(seed)
+    return [f"made-up-{rng.getrandbits(48):012x}" for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_keyed_flood_of_made_up_alive_members_does_not_enlarge_the_stable_set(seed):
+    # The made-up members are alive in our view (nobody has probed them yet) and never
+    # answer: before admission they settled into the stable set and outvoted the real ones.
+    fakes = _made_up(seed, 2048)
+    sm = StableMembership("a", settle=1.0, stable="abc")
+    st = states(alive=["a", "b", "c", *fakes])
+    for t in (0.0, 0.5, 1.0, 2.0, 10.0):
+        assert not sm.observe(t, st, dict.fromkeys("bc", t)), (seed, t)
+        assert sm.next_deadline() == math.inf, (seed, t)  # nothing pending: no asks either
+    assert sm.stable == set("abc"), seed
+    # So a death among the real members still meets quorum at once (2 of 3).
+    dead = states(alive=["a", "b", *fakes], dead="c")
+    assert sm.has_quorum(dead, {"b": 11.0}, 11.0), seed
+
+
+def test_a_real_member_that_answered_enters_and_one_that_did_not_waits():
+    sm = StableMembership("a", settle=1.0, stable="abc")
+    st = states(alive="abcd")
+    answered = dict.fromkeys("bc", 0.0)
+    assert not sm.observe(0.0, st, answered) and sm.next_deadline() == math.inf
+    assert not sm.observe(5.0, st, answered)
+    assert sm.stable == set("abc")  # d is listed alive but never answered us
+    # d answers an exchange we sent at 5.0; b and c answer since: d is adopted a settle later.
+    answered = dict.fromkeys("bcd", 5.0)
+    assert not sm.observe(5.1, st, answered)
+    assert sm.next_deadline() == 6.1
+    assert sm.observe(6.1, st, dict.fromkeys("bcd", 6.0))
+    assert sm.stable == set("abcd")
+
+
+def test_a_probe_acknowledged_by_the_member_itself_admits_it_too():
+    sm = StableMembership("a", settle=1.0, stable="ab")
+    st = states(alive="abe")
+    sm.observe(0.0, st, {"b": 0.0}, proven=["e"])
+    assert sm.observe(1.0, st, {"b": 1.0}, proven=["e"])
+    assert sm.stable == set("abe")
+
+
+def test_members_of_a_restored_stable_set_stay_without_answering():
+    # After a restart nobody has answered yet; the persisted members keep their weight.
+    sm = StableMembership("a", settle=1.0, stable="abcde")
+    st = states(alive=["a", "b", "c", "d", "e", *_made_up(4, 16)])
+    for t in (0.0, 1.0, 5.0):
+        assert not sm.observe(t, st, {})
+    assert sm.stable == set("abcde")
+    assert sm.admitted(st, {}) == set("abcde")
+
+
+def test_the_first_stable_set_holds_only_members_that_answered():
+    sm = StableMembership("a", settle=1.0)
+    st = states(alive=["a", "b", "c", *_made_up(5, 8)])
+    sm.observe(0.0, st, {"b": 0.0})
+    assert sm.observe(1.0, st, {"b": 0.0}) and sm.stable == set("ab")
+    # c answers later: it joins, under the quorum of {a, b}.
+    sm.observe(2.0, st, {"b": 2.0, "c": 2.0})
+    assert sm.observe(3.0, st, {"b": 3.0, "c": 3.0}) and sm.stable == set("abc")
+
+
+@pytest.mark.parametrize("proven", ["e", b"e", 5, [""], [3], [["e"]], [None]])
+def test_bad_proven_members_are_refused_and_change_nothing(proven):
+    sm = StableMembership("a", settle=0.0, stable="ab")
+    with pytest.raises(InvalidValue):
+        sm.observe(1.0, states(alive="abe"), {"b": 1.0}, proven=proven)
+    assert sm.stable == set("ab") and sm.next_deadline() == math.inf
+    # The same call with good input admits e (settle 0: at once).
+    assert sm.observe(1.0, states(alive="abe"), {"b": 1.0}, proven=["e"])
+    assert sm.stable == set("abe")
