@@ -14,9 +14,12 @@ like a dead one, so a hand-off that crashed midway leaves nothing orphaned). A n
 plans to take over a session the table says it owns itself: an old owner that restarts
 follows the table and never reclaims.
 
-**Successor.** The eligible members are the ones alive (not suspect), ready, and not the
+**Successor.** The eligible members are the ones alive (not suspect), ready, admitted (in
+the stable set, or answered a request of ours: `gossip.quorum.admitted`) and not the
 failed owner. They are ranked by rendezvous hashing over (workload, node)
-(`gossip.successor`), the same order on every peer. The *coverage target* of a session is
+(`gossip.successor`), the same order on every peer (admission can differ between peers
+for a moment after a member joins, until each has had its answer; the staggered slots
+below absorb that like any other difference of views). The *coverage target* of a session is
 the merge of the durable vectors reported for its document by every live member but the
 owner (for this node: its own durable vector, known exactly). A write acknowledged with
 `replicas=W` is durable on W members besides the owner (their `ReplicaAck` said so), so
