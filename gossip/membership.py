@@ -39,7 +39,9 @@ have been dead or left longest are reaped early to make room (a batch per scan),
 every record is up the newcomer is dropped. A rumour with metadata over `max_meta_bytes` is refused.
 Indirect probes run for others are capped at `max_forwards`, and one batch of output
 carries at most one full membership table to any address. Whatever a cap drops is
-counted in `refused`, by reason; nothing else changes.
+counted in `refused`, by reason; nothing else changes. A request for document data from
+a sender that is not a live member is refused by the node (`gossip.node`), counted here
+(`non_member`), and answered with an invitation to join (`refuse_non_member`).
 
 Three choices beyond memberlist, each found necessary in the simulator (a live member
 declared dead after a partition heals, or under 10 % loss):
@@ -88,7 +90,8 @@ from gossip.messages import (
 )
 
 # Why a member rumour (or a request) was dropped by a cap: the keys of `Membership.refused`.
-REFUSED_REASONS = ("envelope_cap", "table_full", "forwards", "sync_replies")
+# non_member: a request for document data (anti-entropy) from a sender not alive or suspect here.
+REFUSED_REASONS = ("envelope_cap", "table_full", "forwards", "sync_replies", "non_member")
 # Precedence of states at an equal incarnation: a rumour overrides ours only if it ranks higher.
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2, LEFT: 3}
 _EVICT_BATCH = 64  # down members reaped early at once when the table is full
@@ -281,6 +284,7 @@ class Membership:
         self._events: list[object] = []
         self._new_budget = config.max_new_members  # new members the current envelope may add
         self._synced: set[str] = set()  # addresses sent our whole table in this batch
+        self._invited: set[str] = set()  # addresses asked to (re)join in this batch
         # What the caps dropped, by reason; only ever increases (exported as metrics).
         self.refused: dict[str, int] = dict.fromkeys(REFUSED_REASONS, 0)
 
@@ -354,6 +358,7 @@ class Membership:
         out, ev = self._outbox, self._events
         self._outbox, self._events = [], []
         self._synced.clear()
+        self._invited.clear()
         self._new_budget = self.config.max_new_members
         return out, ev
 
@@ -657,6 +662,29 @@ class Membership:
             self.apply(now, upd, from_sync=not about_sender, sender_address=sender_address)
         if msg.reply:
             self._send_sync(sender_address, reply=False)
+
+    def refuse_non_member(self, node: str, address: str) -> None:
+        """Count a request for document data from `node`, not a live member; invite it to join.
+
+        The join path is how a peer becomes a member here: one we do not know gets our
+        record and a request for its table (what a joiner sends its seeds), so its own
+        record comes back first-hand; one we hold dead or left also gets our record of it,
+        so that a live one refutes straight back to us. At most one invitation per address
+        per batch of output, and none to an address that is not "host:port".
+        """
+        self.refused["non_member"] += 1
+        if node == self.node_id or address in self._invited or address in self._synced:
+            return
+        try:
+            _check_address(address)
+        except LocalError:
+            return
+        self._invited.add(address)
+        m = self.members.get(node)
+        if m is None:
+            self._outbox.append((address, MembershipSync((self.me.update(),), True)))
+        else:
+            self._outbox.append((address, MembershipSync((self.me.update(), m.update()), False)))
 
     def _send_sync(self, address: str, *, reply: bool) -> None:
         if address in self._synced:

@@ -12,9 +12,12 @@ Invariants:
   membership news rides on replication traffic for free.
 * Replication talks in node ids; the node maps them to addresses through membership. A
   message for a member we do not know an address for is dropped (anti-entropy repairs).
-* A message from a node that is not a live member is still processed: replication and
-  probes are idempotent, and a member that we think dead may be the other half of a healed
-  partition.
+* A message from a node that is not a live member is still processed (probes, rumours,
+  updates and diffs are idempotent, and a member that we think dead may be the other half
+  of a healed partition), except a request for document data: a `Digest` or a
+  `DocVectors` asking for a reply is served only to members alive or suspect here. Any
+  other sender is refused (counted, `refused["non_member"]`) and invited to join
+  (`Membership.refuse_non_member`); once it is a member its next request is served.
 * After `leave`, the node stops probing and replicating and only spreads its departure.
 """
 
@@ -30,6 +33,8 @@ from gossip.config import GossipConfig
 from gossip.membership import Membership
 from gossip.messages import (
     Ack,
+    Digest,
+    DocVectors,
     Envelope,
     MembershipSync,
     MemberUpdate,
@@ -39,6 +44,12 @@ from gossip.messages import (
 )
 
 _MEMBERSHIP_TYPES = (MemberUpdate, Ping, Ack, PingReq, Nack, MembershipSync)
+
+
+def _asks_for_data(msg: object) -> bool:
+    """Whether `msg` asks us to serve document data (anti-entropy), not answers our request."""
+    kind = type(msg)
+    return kind is Digest or (kind is DocVectors and msg.reply)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +141,9 @@ class Node:
             if isinstance(msg, _MEMBERSHIP_TYPES):
                 continue
             if self.replicator is not None and not self.left:
+                if _asks_for_data(msg) and not m.is_live(env.sender):
+                    m.refuse_non_member(env.sender, env.sender_address)
+                    continue
                 sends, evs = self.replicator.receive(now, env.sender, msg)
                 extra.extend(self._resolve(sends, env))
                 events.extend(evs)

@@ -180,7 +180,8 @@ _FAMILIES: dict[str, _Family] = {
         Counter, "statemesh_gossip_refused",
         "Authenticated messages dropped after decoding, by reason: protocol (envelope "
         "refused), replication (malformed), envelope_cap and table_full (new members over "
-        "a cap), forwards and sync_replies (requests over a cap), sync_queue (ownership "
+        "a cap), forwards and sync_replies (requests over a cap), non_member (anti-entropy "
+        "requests from senders that are not live members), sync_queue (ownership "
         "exchanges with joining members over the queue's bound), durable_vectors (from "
         "non-members, or of documents not held here over the bound kept).",
         ("reason",),

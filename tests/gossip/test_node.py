@@ -12,7 +12,21 @@ from crdt_types.fingerprint import fingerprint
 from gossip.codec import decode_envelope, encode_envelope
 from gossip.config import lan
 from gossip.events import MemberDead, MemberJoined, MemberLeft
-from gossip.messages import LEFT, Envelope, MemberUpdate, Ping
+from gossip.messages import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    Digest,
+    DigestBuckets,
+    DocDiff,
+    DocUpdate,
+    DocVectors,
+    Envelope,
+    MembershipSync,
+    MemberUpdate,
+    Ping,
+)
 from gossip.node import Node, Output
 from gossip.replica import MemoryReplica
 from gossip.replication import DocumentUpdated
@@ -170,6 +184,150 @@ def test_misuse_raises_local_error():
     with_replica.leave(0.1)
     with pytest.raises(LocalError):
         with_replica.local_update(0.2, "d", b"\x00\x00")
+
+
+# --- anti-entropy is served to live members only -------------------------------------------
+
+V_ADDR, A_ADDR, X_ADDR = "127.0.0.1:7001", "127.0.0.2:7002", "127.0.0.9:7009"
+
+
+def _server() -> Node:
+    """Node `v` holding one document, with `a` as its only member."""
+    v = Node("v", V_ADDR, lan(), random.Random(SEED), MemoryReplica())
+    v.start(0.0, known=[("a", A_ADDR)])
+    v.replica.apply(
+        "session/1",
+        write(Node("w", X_ADDR, lan(), random.Random(1), MemoryReplica()), "session/1", "k", "v"),
+    )
+    v.replicator.refresh("session/1")
+    return v
+
+
+def _requests(v: Node) -> tuple[object, ...]:
+    every = tuple(range(v.replicator.config.buckets))
+    return (Digest(1, bytes(16), 5), DocVectors(2, every, (), True))
+
+
+def _answers(out: Output, address: str) -> list[object]:
+    return [
+        x
+        for a, env in out.sends
+        if a == address
+        for x in env.messages
+        if isinstance(x, (DigestBuckets, DocVectors, DocDiff))
+    ]
+
+
+def _syncs(out: Output, address: str) -> list[MembershipSync]:
+    return [
+        x
+        for a, env in out.sends
+        if a == address
+        for x in env.messages
+        if isinstance(x, MembershipSync)
+    ]
+
+
+def test_anti_entropy_from_an_unknown_sender_is_refused_and_it_is_invited_to_join():
+    v = _server()
+    out = v.receive(0.1, Envelope("x", X_ADDR, 0, _requests(v)))
+    assert _answers(out, X_ADDR) == [] and v.replicator.stats.diffs_sent == 0
+    assert v.membership.refused["non_member"] == 2
+    # The join path: our record and a request for its table, once for the whole frame.
+    (invite,) = _syncs(out, X_ADDR)
+    assert invite.reply and [u.node for u in invite.members] == ["v"]
+    # Its answer (its table, its own record first-hand) makes it a member...
+    x = MemberUpdate("x", X_ADDR, 0, ALIVE, "x")
+    v.receive(0.2, Envelope("x", X_ADDR, 0, (MembershipSync((x,), False),)))
+    assert v.membership.state_of("x") == ALIVE
+    # ...and the same requests are served.
+    out = v.receive(0.3, Envelope("x", X_ADDR, 0, _requests(v)))
+    kinds = {type(x) for x in _answers(out, X_ADDR)}
+    assert kinds == {DigestBuckets, DocVectors, DocDiff}, kinds
+    assert v.membership.refused["non_member"] == 2
+
+
+def test_anti_entropy_from_a_member_held_dead_is_refused_until_it_refutes():
+    v = _server()
+    v.membership.apply(0.05, MemberUpdate("a", A_ADDR, 1, DEAD, "z"))
+    assert v.membership.state_of("a") == DEAD
+    out = v.receive(0.1, Envelope("a", A_ADDR, 1, _requests(v)))
+    assert _answers(out, A_ADDR) == [] and v.membership.refused["non_member"] == 2
+    # Told how we see it, so that a live `a` refutes straight back to us.
+    (invite,) = _syncs(out, A_ADDR)
+    assert not invite.reply
+    assert [(u.node, u.state, u.incarnation) for u in invite.members] == [
+        ("v", ALIVE, 0),
+        ("a", DEAD, 1),
+    ]
+    a = Node("a", A_ADDR, lan(), random.Random(SEED + 1), MemoryReplica())
+    a.start(0.0, known=[("v", V_ADDR)])
+    a.membership.set_meta(0.0, b"")  # a restarted at incarnation 1, like the record we hold
+    refuted = a.receive(0.15, Envelope("v", V_ADDR, 0, (invite,)))
+    (back,) = [env for addr, env in refuted.sends if addr == V_ADDR]
+    v.receive(0.2, back)
+    assert v.membership.state_of("a") == ALIVE
+    out = v.receive(0.3, Envelope("a", A_ADDR, 2, _requests(v)))
+    assert DocDiff in {type(x) for x in _answers(out, A_ADDR)}
+
+
+def test_a_suspect_member_is_still_served():
+    v = _server()
+    v.membership.apply(0.05, MemberUpdate("a", A_ADDR, 0, SUSPECT, "z"))
+    assert v.membership.state_of("a") == SUSPECT
+    out = v.receive(0.1, Envelope("a", A_ADDR, 0, _requests(v)))
+    assert DocDiff in {type(x) for x in _answers(out, A_ADDR)}
+    assert v.membership.refused["non_member"] == 0
+
+
+def test_updates_from_non_members_are_still_applied():
+    # Data coming in is not data given away: a write from a member we hold dead (the other
+    # half of a healed partition) or not yet know is kept, as any keyed peer's write is.
+    v = _server()
+    other = Node("x", X_ADDR, lan(), random.Random(2), MemoryReplica())
+    update = write(other, "session/2", "from", "x")
+    out = v.receive(0.1, Envelope("x", X_ADDR, 0, (DocUpdate("session/2", update, "x"),)))
+    assert DocumentUpdated("session/2", "x") in out.events
+    assert v.membership.refused["non_member"] == 0
+
+
+def test_one_frame_of_requests_from_a_non_member_costs_one_small_invitation():
+    v = _server()
+    out = v.receive(0.1, Envelope("x", X_ADDR, 0, (Digest(1, bytes(16), 5),) * 4096))
+    assert v.membership.refused["non_member"] == 4096
+    assert [len(s.members) for s in _syncs(out, X_ADDR)] == [1]
+    assert _answers(out, X_ADDR) == []
+
+
+@pytest.mark.parametrize("address", ["garbage", "", "host:0", V_ADDR])
+def test_no_invitation_to_a_malformed_address_or_to_ourselves(address):
+    v = _server()
+    sender = "v" if address == V_ADDR else "x"
+    out = v.receive(0.1, Envelope(sender, address, 0, (Digest(1, bytes(16), 5),)))
+    assert v.membership.refused["non_member"] == 1
+    assert not any(isinstance(x, MembershipSync) for _, env in out.sends for x in env.messages)
+
+
+def test_a_restarted_node_held_dead_rejoins_and_catches_up():
+    loop = Loop(["a", "b", "c"])
+    loop.start_all()
+    loop.run(0.5)
+    a = loop.nodes["a"]
+    loop.handle("a", a.local_update(loop.now, "session/1", write(a, "session/1", "k", "v")))
+    loop.run(1.0)
+    loop.down.add("c")
+    loop.run(4.0)
+    assert a.membership.state_of("c") == DEAD and loop.nodes["b"].membership.state_of("c") == DEAD
+    # c comes back empty, same id, incarnation 0: everyone holds that life dead.
+    c = Node("c", loop.nodes["c"].address, lan(), random.Random(f"{SEED}:c2"), MemoryReplica())
+    loop.nodes["c"] = c
+    loop.down.discard("c")
+    loop.handle("c", c.start(loop.now, seeds=[a.address]))
+    loop.run(6.0)
+    assert c.membership.incarnation > 0
+    assert all(loop.nodes[n].membership.state_of("c") == ALIVE for n in "ab")
+    assert fingerprint(c.replica.doc("session/1")) == fingerprint(a.replica.doc("session/1"))
+    assert c.replica.doc("session/1").get("data", type=pycrdt.Map)["k"] == "v"
 
 
 def test_a_pull_routes_each_released_message_to_its_own_destination():
