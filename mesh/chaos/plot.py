@@ -8,6 +8,13 @@ its RTO when a kill or freeze of the old owner explains it), false takeovers in 
 fencings; below, acknowledged writes per second, stacked by commit level. It returns what
 it drew (`Drawn`), so a caller or a test can check that nothing was left out.
 
+Every fault, takeover and fencing is drawn, however dense the campaign; only the text
+labels are thinned. A ten-minute run has more of them than a row has room for, so they
+are placed left to right and one that would print over a placed label (or run past the
+axes into the legend) is left out, except "FALSE takeover", which is always written. The
+legend carries what the labels no longer can: the count of each fault kind, of takeovers
+and fencings, and the median and largest RTO.
+
 Invariants: the picture is a pure function of the records (no clock, no processes); the
 Agg backend is selected before pyplot is imported, so no display is needed; the figure is
 closed even when saving fails. Nothing here imports `cli` or `benchmarks` (they import us).
@@ -16,7 +23,8 @@ closed even when saving fails. Nothing here imports `cli` or `benchmarks` (they 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import statistics
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +57,8 @@ LEVEL_COLOURS = ("#c6dbef", "#6baed6", "#2171b5", "#08306b")
 TAKEOVER = "#006d2c"
 FALSE = "#d62728"
 FENCE = "#7a0177"
-# Takeover labels closer than this on one row would print over each other (a host's
-# sessions are usually taken over together): the first one speaks for the group.
-LABEL_GAP = 2.0
+# Pixels kept clear between two labels, so that neighbours read as two words.
+LABEL_PAD = 3.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Drawn:
     rto_labels: int
     fencings: int
     acks: Mapping[str, int]  # acknowledged writes per level in the rate panel
+    fault_labels: int = 0  # faults whose kind (and detail) is written next to them
 
 
 def verdict_text(result: Mapping[str, Any]) -> str:
@@ -89,6 +97,26 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+class _Labels:
+    """Labels on one axes that never print over each other: one with no room is removed."""
+
+    def __init__(self, ax: Any, renderer: Any) -> None:
+        self.renderer = renderer
+        self.right = ax.get_window_extent(renderer).x1
+        self.boxes: list[Any] = []
+
+    def place(self, make: Callable[[], Any], *, always: bool = False) -> bool:
+        """Draw the label `make()` returns if it has room (or `always`); whether it stayed."""
+        text = make()
+        box = text.get_window_extent(self.renderer).padded(LABEL_PAD)
+        crowded = box.x1 > self.right + LABEL_PAD or any(box.overlaps(b) for b in self.boxes)
+        if crowded and not always:
+            text.remove()
+            return False
+        self.boxes.append(box)
+        return True
 
 
 def _rates(acks: Iterable[Ack], t0: float, seconds: int) -> dict[str, list[int]]:
@@ -143,26 +171,29 @@ def draw_campaign(
         gridspec_kw={"height_ratios": [max(2.0, 0.45 * len(nodes) + 0.8), 2.6]},
     )
     try:
+        # Labels wait until the layout is final (their room is measured in pixels): each is
+        # (x, always, draw, what), and they are placed false takeovers first, then by x.
+        labels: list[tuple[float, bool, Callable[[], Any], str]] = []
         faults = dict.fromkeys(FAULT_KINDS, 0)
         for s in spans:
             faults[s.kind] = faults.get(s.kind, 0) + 1
             colour = COLOURS.get(s.kind, "#999999")
-            for n in s.nodes:
-                if n not in row:
-                    continue
+            rows = [row[n] for n in s.nodes if n in row]
+            for r in rows:
                 top.broken_barh(
                     [(s.start - t0, s.end - s.start)],
-                    (row[n] - 0.32, 0.64),
+                    (r - 0.32, 0.64),
                     facecolors=colour,
                     alpha=0.75,
                     edgecolor="none",
                 )
-            label = s.kind + (f" {s.detail}" if s.detail else "")
-            y = min(row.get(n, 0) for n in s.nodes) - 0.38
-            top.text(s.start - t0, y, label, fontsize=7, va="bottom", ha="left", color=colour)
+            if rows:
+                label = s.kind + (f" {s.detail}" if s.detail else "")
+                x, y = s.start - t0, min(rows) - 0.38
+                labels.append((x, False, _text(top, x, y, label, colour), "fault"))
 
-        taken = rto_labels = 0
-        labelled: dict[str, float] = {}
+        taken = 0
+        rtos: list[float] = []
         for c in sorted(changes, key=lambda c: c.t):
             if c.owner not in row:
                 continue
@@ -190,25 +221,13 @@ def draw_campaign(
             )
             rto = takeover_rto_ms(c, windows)
             if bad:
-                top.annotate(
-                    "FALSE takeover",
-                    (x, y),
-                    xytext=(4, 6),
-                    textcoords="offset points",
-                    fontsize=8,
-                    color=FALSE,
-                    fontweight="bold",
+                labels.append(
+                    (x, True, _note(top, x, y, "FALSE takeover", FALSE, bold=True), "false")
                 )
-            elif rto is not None and x - labelled.get(c.owner, -math.inf) >= LABEL_GAP:
-                labelled[c.owner] = x
-                rto_labels += 1
-                top.annotate(
-                    f"RTO {rto / 1000:.1f} s",
-                    (x, y),
-                    xytext=(4, 6),
-                    textcoords="offset points",
-                    fontsize=7,
-                    color=TAKEOVER,
+            elif rto is not None:
+                rtos.append(rto / 1000.0)
+                labels.append(
+                    (x, False, _note(top, x, y, f"RTO {rto / 1000:.1f} s", TAKEOVER), "rto")
                 )
         fenced = 0
         for f in fencings:
@@ -239,9 +258,17 @@ def draw_campaign(
         top.set_ylim(len(nodes) - 0.5, -0.9)  # p0 on top; room above it for labels
         top.set_ylabel("host")
         top.grid(True, axis="x", alpha=0.3)
-        handles = [Patch(facecolor=COLOURS[k], alpha=0.75, label=k) for k in FAULT_KINDS]
+        falses = sum(1 for c in changes if c in false and c.owner in row)
+        # Counts in the legend: with the labels thinned, it is where the totals are read.
+        kinds = [*FAULT_KINDS, *sorted(set(faults) - set(FAULT_KINDS))]
+        handles = [
+            Patch(facecolor=COLOURS.get(k, "#999999"), alpha=0.75, label=f"{k} ({faults[k]})")
+            for k in kinds
+        ]
         handles += [
-            Line2D([], [], marker="^", color=TAKEOVER, linestyle="none", label="takeover"),
+            Line2D(
+                [], [], marker="^", color=TAKEOVER, linestyle="none", label=f"takeover ({taken})"
+            ),
             Line2D(
                 [],
                 [],
@@ -249,12 +276,21 @@ def draw_campaign(
                 color=FALSE,
                 linestyle="none",
                 markersize=9,
-                label="false takeover",
+                label=f"false takeover ({falses})",
             ),
             Line2D(
-                [], [], marker="x", color=FENCE, linestyle="none", markeredgewidth=2, label="fenced"
+                [],
+                [],
+                marker="x",
+                color=FENCE,
+                linestyle="none",
+                markeredgewidth=2,
+                label=f"fenced ({fenced})",
             ),
         ]
+        if rtos:
+            summary = f"RTO median {statistics.median(rtos):.1f} s\nmax {max(rtos):.1f} s"
+            handles.append(Line2D([], [], linestyle="none", label=summary))
         top.legend(
             handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False
         )
@@ -289,14 +325,42 @@ def draw_campaign(
             title_fontsize=8,
         )
         fig.tight_layout()
+        # The layout is final (labels stay inside the axes), so pixels measured now are
+        # the pixels saved.
+        placed = _Labels(top, fig.canvas.get_renderer())
+        drawn = {"fault": 0, "rto": 0, "false": 0}
+        for _, always, draw, what in sorted(labels, key=lambda item: (not item[1], item[0])):
+            drawn[what] += placed.place(draw, always=always)
         fig.savefig(path, format="png")
     finally:
         plt.close(fig)
     return Drawn(
         faults=faults,
         takeovers=taken,
-        false_takeovers=sum(1 for c in changes if c in false and c.owner in row),
-        rto_labels=rto_labels,
+        false_takeovers=falses,
+        rto_labels=drawn["rto"],
         fencings=fenced,
         acks={n: sum(v) for n, v in rates.items()},
+        fault_labels=drawn["fault"],
+    )
+
+
+def _text(ax: Any, x: float, y: float, label: str, colour: str) -> Callable[[], Any]:
+    """A fault's label, drawn on call: above its topmost row, starting at the fault."""
+    return lambda: ax.text(x, y, label, fontsize=7, va="bottom", ha="left", color=colour)
+
+
+def _note(
+    ax: Any, x: float, y: float, label: str, colour: str, *, bold: bool = False
+) -> Callable[[], Any]:
+    """A takeover's label, drawn on call: just above and right of its marker."""
+    weight = "bold" if bold else "normal"
+    return lambda: ax.annotate(
+        label,
+        (x, y),
+        xytext=(4, 6),
+        textcoords="offset points",
+        fontsize=8 if bold else 7,
+        color=colour,
+        fontweight=weight,
     )

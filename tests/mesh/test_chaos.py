@@ -28,7 +28,7 @@ from mesh.chaos import (
 )
 from mesh.chaos.campaign import Campaign
 from mesh.chaos.checker import FaultSpan, Fencing, takeover_rto_ms
-from mesh.chaos.plot import draw_campaign, verdict_text
+from mesh.chaos.plot import _Labels, _pyplot, draw_campaign, verdict_text
 from mesh.chaos.schedule import impaired
 
 NODES = ["p0", "p1", "p2"]
@@ -269,6 +269,7 @@ def test_the_plot_draws_every_fault_takeover_fencing_and_ack(tmp_path):
     assert drawn.takeovers == 4 and drawn.false_takeovers == 1 and drawn.fencings == 1
     # p0's pair shares one label; p1's freeze explains p2's takeover; the false one has none.
     assert drawn.rto_labels == 2
+    assert drawn.fault_labels == len(spans)  # a sparse campaign has room for every label
     assert drawn.acks == {"local": 100, "replicas=1": 100, "replicas=2": 100, "all": 100}
 
 
@@ -300,6 +301,74 @@ def test_the_campaign_plots_what_its_agents_reported(tmp_path):
     assert (drawn.takeovers, drawn.fencings, drawn.rto_labels) == (1, 1, 1)
     assert drawn.faults["kill"] == 1 and drawn.acks["replicas=1"] == 1
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_label_that_would_print_over_another_or_past_the_axes_is_left_out():
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    try:
+        ax.set_xlim(0, 100)
+        labels = _Labels(ax, fig.canvas.get_renderer())
+        assert labels.place(lambda: ax.text(10, 0.5, "RTO 1.0 s"))
+        assert not labels.place(lambda: ax.text(10.5, 0.5, "kill"))  # on top of the first
+        assert labels.place(lambda: ax.text(50, 0.5, "kill"))  # room elsewhere on the row
+        assert labels.place(lambda: ax.text(50, 0.1, "kill"))  # another row, same x
+        assert not labels.place(lambda: ax.text(97, 0.5, "partition p0 | p1,p2"))  # legend
+        assert labels.place(lambda: ax.text(10.5, 0.5, "FALSE"), always=True)
+        # What was left out is not in the picture at all.
+        assert sorted(x.get_text() for x in ax.texts) == ["FALSE", "RTO 1.0 s", "kill", "kill"]
+    finally:
+        plt.close(fig)
+
+
+def _dense(seed: int, hosts: int = 5, seconds: float = 600.0):
+    """A ten-minute schedule's spans and windows, two sessions taken per kill or stop."""
+    faults = plan(random.Random(seed), hosts, seconds)
+    spans = [
+        FaultSpan(f.kind, tuple(f"p{h}" for h in f.hosts), T0 + f.at, T0 + f.end) for f in faults
+    ]
+    windows = [
+        FaultWindow(f"p{h}", f.kind, T0 + f.at, T0 + f.end)
+        for f in faults
+        for h in impaired(f, hosts)
+    ]
+    changes = [
+        OwnerChange(f"s{i}{s}", f"p{(f.hosts[0] + 1) % hosts}", 2 + i, f"p{f.hosts[0]}", t)
+        for i, f in enumerate(faults)
+        if f.kind in ("kill", "stop")
+        for s, t in (("a", T0 + f.at + 0.8), ("b", T0 + f.at + 0.9))
+    ]
+    return spans, windows, changes
+
+
+@pytest.mark.parametrize("seed", [10, 11])
+def test_a_dense_campaign_draws_every_fault_and_thins_only_the_labels(tmp_path, seed):
+    spans, windows, changes = _dense(seed)
+    nodes = [f"p{i}" for i in range(5)]
+    drawn = draw_campaign(
+        tmp_path / "dense.png", nodes=nodes, t0=T0, seconds=600.0, spans=spans,
+        windows=windows, changes=changes, fencings=[], acks=[],
+    )  # fmt: skip
+    assert len(spans) > 80, seed  # a ten-minute run's density (one fault every ~7 s)
+    assert sum(drawn.faults.values()) == len(spans), seed
+    assert drawn.takeovers == len(changes), seed
+    assert 0 < drawn.fault_labels < len(spans), (seed, drawn.fault_labels)
+    # A pair taken together gets one label at most, so fewer than half are labelled.
+    assert 0 < drawn.rto_labels <= len(changes) // 2, (seed, drawn.rto_labels)
+
+
+def test_a_false_takeover_is_labelled_before_the_rto_labels_it_would_crowd(tmp_path):
+    windows = [FaultWindow("p0", "kill", T0 + 9.0, T0 + 12.0)]
+    changes = [
+        OwnerChange("s1", "p1", 3, "p2", T0 + 10.0),  # p2 was healthy: false
+        OwnerChange("s0", "p1", 2, "p0", T0 + 9.9),  # the kill's takeover, just before it
+    ]
+    drawn = draw_campaign(
+        tmp_path / "false.png", nodes=NODES, t0=T0, seconds=20.0, spans=[], windows=windows,
+        changes=changes, fencings=[], acks=[], false=[changes[0]],
+    )  # fmt: skip
+    assert drawn.false_takeovers == 1 and drawn.takeovers == 2
+    assert drawn.rto_labels == 0  # it would print over "FALSE takeover"
 
 
 def test_the_rto_of_one_takeover_follows_the_checkers_rule():
