@@ -27,11 +27,14 @@ run for others at once. memberlist bounds the same things by bytes instead (a pu
 state of at most 20 MiB, 128 concurrent push-pulls, 512 bytes of metadata) and has no
 count limit, so one authenticated frame there can still add every member it names. The
 defaults are several times what a 1,000-node mesh needs: a joiner learns up to 999
-members from one push-pull, and dead members linger `reap_after` seconds.
+members from one push-pull, and dead members linger `reap_after` seconds. A full
+membership table travels in parts of at most `max_sync_bytes` (estimated) and
+`max_new_members` records, each in a frame of its own, so a table of `max_members`
+records with the largest metadata (about 2.4 MB) still reaches a peer whole.
 
 Invariants: every interval is positive; `probe_timeout < probe_interval` so the indirect
 probe phase has time to run; `nack_fraction` is in (0, 1); `max_new_members <=
-max_members`.
+max_members`; a part of the table holds the largest record and fits one frame.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ import math
 from dataclasses import dataclass, replace
 
 from crdt_types.errors import LocalError
+from gossip.framing import MAX_FRAME_BYTES
+
+# A member record without its metadata: three strings of at most 4 KiB of UTF-8 each (the
+# codec's bound) and a few small fields.
+MAX_RECORD_BYTES = 3 * (4096 + 5) + 64
+# A table part plus its envelope, sealing and length prefix must fit one frame.
+MAX_SYNC_BYTES = MAX_FRAME_BYTES - 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,7 @@ class GossipConfig:
     max_new_members: int = 2048  # unknown members one received envelope may introduce
     max_meta_bytes: int = 512  # a member's metadata (memberlist's MetaMaxSize)
     max_forwards: int = 256  # indirect probes run for others at once
+    max_sync_bytes: int = 512 * 1024  # one part of a full membership table (estimated)
 
     def __post_init__(self) -> None:
         for field in (
@@ -106,6 +117,15 @@ class GossipConfig:
             raise LocalError("GossipConfig.max_meta_bytes must not be negative")
         if self.max_new_members > self.max_members:
             raise LocalError("GossipConfig.max_new_members must not exceed max_members")
+        value = self.max_sync_bytes
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LocalError("GossipConfig.max_sync_bytes must be an int")
+        # A part travels in a frame of its own and must hold at least the largest record.
+        if not self.max_meta_bytes + MAX_RECORD_BYTES <= value <= MAX_SYNC_BYTES:
+            raise LocalError(
+                f"GossipConfig.max_sync_bytes must be in max_meta_bytes + {MAX_RECORD_BYTES}"
+                f"..{MAX_SYNC_BYTES}"
+            )
 
     def with_(self, **changes: object) -> GossipConfig:
         """Return a copy with some fields changed (validated again)."""

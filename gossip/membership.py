@@ -38,7 +38,8 @@ the table never holds more than `max_members` records: when it is full, the memb
 have been dead or left longest are reaped early to make room (a batch per scan), and if
 every record is up the newcomer is dropped. A rumour with metadata over `max_meta_bytes` is refused.
 Indirect probes run for others are capped at `max_forwards`, and one batch of output
-carries at most one full membership table to any address. Whatever a cap drops is
+carries at most one full membership table to any address (in parts that each fit a
+frame, `table_parts`). Whatever a cap drops is
 counted in `refused`, by reason; nothing else changes. A request for document data from
 a sender that is not a live member is refused by the node (`gossip.node`), counted here
 (`non_member`), and answered with an invitation to join (`refuse_non_member`).
@@ -693,8 +694,33 @@ class Membership:
             self.refused["sync_replies"] += 1
             return
         self._synced.add(address)
-        members = tuple(m.update() for m in self.members.values())
-        self._outbox.append((address, MembershipSync(members, reply)))
+        for part in self.table_parts(reply=reply):
+            self._outbox.append((address, part))
+
+    def table_parts(self, *, reply: bool) -> list[MembershipSync]:
+        """Our whole table as `MembershipSync` parts, each fit to travel in a frame of its own.
+
+        A part holds at most `max_sync_bytes` (estimated: 4,096 members with the largest
+        metadata are some 2.4 MB, over the frame limit) and at most `max_new_members`
+        records, so a peer with our caps admits every member of it. Only the last part
+        asks for a reply: the peer answers once, having merged all of ours.
+        """
+        budget = self.config.max_sync_bytes
+        most = self.config.max_new_members
+        parts: list[tuple[MemberUpdate, ...]] = []
+        part: list[MemberUpdate] = []
+        size = 0
+        for m in self.members.values():
+            upd = m.update()
+            cost = _record_bytes(upd)
+            if part and (size + cost > budget or len(part) >= most):
+                parts.append(tuple(part))
+                part, size = [], 0
+            part.append(upd)
+            size += cost
+        parts.append(tuple(part))
+        last = len(parts) - 1
+        return [MembershipSync(p, reply and i == last) for i, p in enumerate(parts)]
 
     def _reconnect(self) -> None:
         """Ping a random dead member (push-pull follows if it answers); re-join when alone."""
@@ -967,6 +993,14 @@ class Membership:
                 # Gossiping to the recently dead lets a falsely accused member refute.
                 out.append(self.members[recent[self._rng.randrange(len(recent))]].address)
         return out
+
+
+def _record_bytes(upd: MemberUpdate) -> int:
+    """An upper bound of one record's msgpack size inside a `MembershipSync`."""
+    size = 48 + len(upd.meta)  # array and field headers, incarnation, state
+    for text in (upd.node, upd.address, upd.origin):
+        size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return size
 
 
 def _check_meta(meta: bytes, config: GossipConfig) -> None:

@@ -9,7 +9,9 @@ Invariants:
 
 * Every message produced in one call for one destination travels in one `Envelope`, and
   each envelope carries up to `max_piggyback` membership rumours (SWIM piggybacking), so
-  membership news rides on replication traffic for free.
+  membership news rides on replication traffic for free. The exception is a full
+  membership table: each of its parts (`Membership.table_parts`) travels alone, first, so
+  that every frame stays under the limit however large the table.
 * Replication talks in node ids; the node maps them to addresses through membership. A
   message for a member we do not know an address for is dropped (anti-entropy repairs).
 * A message from a node that is not a live member is still processed (probes, rumours,
@@ -232,18 +234,22 @@ class Node:
         for address, msgs in batches.items():
             if address == self.address:
                 continue
+            full_sync = any(type(x) is MembershipSync for x in msgs)
+            if full_sync:
+                # Each part of a table in an envelope of its own, first: a part and the
+                # replicator's send budget would not fit one frame together, and the
+                # members it introduces are known when the rest arrives.
+                for x in msgs:
+                    if type(x) is MembershipSync:
+                        out.append(
+                            (address, Envelope(self.node_id, me.address, me.incarnation, (x,)))
+                        )
+                msgs = [x for x in msgs if type(x) is not MembershipSync]
             accusation = m.accusation_for(address)
             if accusation is not None and accusation not in msgs:
                 msgs.append(accusation)
-            rumours = 0
-            full_sync = False
-            for x in msgs:
-                kind = type(x)
-                if kind is MemberUpdate:
-                    rumours += 1
-                elif kind is MembershipSync:
-                    full_sync = True  # already carries every member: no piggyback needed
-            if not full_sync:
+            if not full_sync:  # a table already carries every member: no piggyback needed
+                rumours = sum(type(x) is MemberUpdate for x in msgs)
                 msgs.extend(m.piggyback(limit - rumours))
             if msgs:
                 out.append(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 
+import msgpack
 import pytest
 
 from crdt_types.errors import LocalError
+from gossip.codec import encode_message
 from gossip.config import GossipConfig, lan, local, profile, wan
 from gossip.events import (
     MemberAlive,
@@ -16,6 +18,7 @@ from gossip.events import (
     MemberReaped,
     MemberSuspected,
 )
+from gossip.framing import MAX_FRAME_BYTES
 from gossip.membership import Membership
 from gossip.messages import (
     ALIVE,
@@ -429,6 +432,11 @@ def test_bad_construction_and_misuse():
         {"max_forwards": True},
         {"max_meta_bytes": -1},
         {"max_meta_bytes": "512"},
+        {"max_sync_bytes": 1000},  # cannot hold the largest record
+        {"max_sync_bytes": 1 << 20},  # a part and its envelope would not fit one frame
+        {"max_sync_bytes": 2**19 + 0.5},
+        {"max_sync_bytes": True},
+        {"max_meta_bytes": 600_000},  # larger than a part
     ],
 )
 def test_bad_config_is_rejected(change):
@@ -623,3 +631,72 @@ def test_only_an_ack_from_the_probed_member_itself_records_it_as_acked():
     assert m.members["b"].acked is None
     m.handle(t + 0.002, addr("b"), Ack(ping.seq))
     assert m.members["b"].acked == t + 0.002
+
+
+# --- a full table larger than one frame travels in parts -------------------------------------
+
+
+def big_table(n: int = 4096, config: GossipConfig | None = None) -> Membership:
+    """`a` holding `n` members (itself included), every one with the largest metadata."""
+    cfg = config or lan()
+    m = Membership("a", addr("a"), cfg, random.Random(SEED), meta=b"a" * cfg.max_meta_bytes)
+    m.start(0.0)
+    for i in range(n - 1):
+        if i % cfg.max_new_members == 0:
+            m.begin_envelope()
+        address = f"198.18.{i // 200}.{i % 200 + 1}:7946"
+        meta = bytes([i % 256]) * cfg.max_meta_bytes
+        m.apply(0.0, MemberUpdate(f"member-{i:04d}", address, 0, ALIVE, "x", meta))
+    m.take()
+    assert len(m.members) == n and not any(m.refused.values())
+    return m
+
+
+def wire_size(msg: object) -> int:
+    return len(msgpack.packb(encode_message(msg), use_bin_type=True))
+
+
+def test_a_table_over_the_frame_limit_is_split_into_parts_that_each_fit():
+    m = big_table()
+    cfg = m.config
+    whole = MembershipSync(tuple(x.update() for x in m.members.values()), True)
+    assert wire_size(whole) > MAX_FRAME_BYTES  # as one message it could never be sent
+    parts = m.table_parts(reply=True)
+    assert len(parts) > 1
+    for part in parts:
+        assert len(part.members) <= cfg.max_new_members
+        assert wire_size(part) <= cfg.max_sync_bytes  # the estimate is an upper bound
+    assert [u for p in parts for u in p.members] == list(whole.members)  # each member once
+    assert [p.reply for p in parts] == [False] * (len(parts) - 1) + [True]
+    assert not any(p.reply for p in m.table_parts(reply=False))
+
+
+def test_parts_hold_at_most_max_new_members_records_so_a_peer_admits_them_all():
+    # Short records: 3,000 fit one part by bytes, but a peer would admit only 2,048 of them
+    # from one envelope.
+    cfg = lan()
+    m = Membership("a", addr("a"), cfg, random.Random(SEED))
+    m.start(0.0)
+    for i in range(2999):
+        if i % cfg.max_new_members == 0:
+            m.begin_envelope()
+        m.apply(0.0, MemberUpdate(f"m{i}", "127.0.0.1:9", 0, ALIVE, "x"))
+    parts = m.table_parts(reply=False)
+    assert [len(p.members) for p in parts] == [cfg.max_new_members, 3000 - cfg.max_new_members]
+    peer = Membership("b", addr("b"), cfg, random.Random(SEED + 1))
+    peer.start(0.0)
+    for part in parts:
+        peer.begin_envelope()
+        peer.handle(0.1, addr("a"), part)
+    assert set(peer.members) == set(m.members) | {"b"} and peer.refused["envelope_cap"] == 0
+
+
+def test_a_sync_request_is_answered_with_every_part_once():
+    m = big_table(1200)
+    m.handle(1.0, addr("b"), MembershipSync((upd("b", ALIVE),), True))
+    m.handle(1.0, addr("b"), MembershipSync((upd("b", ALIVE),), True))  # same batch: no more
+    out, _ = m.take()
+    parts = [msg for a, msg in out if a == addr("b") and isinstance(msg, MembershipSync)]
+    assert len(parts) == len(m.table_parts(reply=False)) > 1
+    assert sum(len(p.members) for p in parts) == len(m.members)
+    assert not any(p.reply for p in parts) and m.refused["sync_replies"] == 1

@@ -12,6 +12,8 @@ from crdt_types.fingerprint import fingerprint
 from gossip.codec import decode_envelope, encode_envelope
 from gossip.config import lan
 from gossip.events import MemberDead, MemberJoined, MemberLeft
+from gossip.framing import MAX_FRAME_BYTES
+from gossip.keyring import Keyring
 from gossip.messages import (
     ALIVE,
     DEAD,
@@ -30,8 +32,10 @@ from gossip.messages import (
 from gossip.node import Node, Output
 from gossip.replica import MemoryReplica
 from gossip.replication import DocumentUpdated
+from gossip.seal import FrameCodec, Sealer
 
 SEED = 11
+T0 = 1_790_000_000.0  # wall clock of sealed frames (Unix seconds)
 
 
 class Loop:
@@ -357,3 +361,49 @@ def test_a_pull_routes_each_released_message_to_its_own_destination():
     mine, out = a.pull(0.5, "b", ["session/x"])
     assert vectors(out) == {c_addr: [held], b_addr: [mine]}, (SEED, vectors(out))
     assert len({address for address, _ in out.sends}) == len(out.sends)  # one envelope each
+
+
+# --- a full table larger than one frame reaches a peer whole ---------------------------------
+
+
+def _fill(node: Node, n: int) -> None:
+    """Give `node` a table of `n` members (itself included), each with the largest metadata."""
+    ms = node.membership
+    cfg = ms.config
+    for i in range(n - 1):
+        if i % cfg.max_new_members == 0:
+            ms.begin_envelope()
+        address = f"198.18.{i // 200}.{i % 200 + 1}:7946"
+        meta = bytes([i % 256]) * cfg.max_meta_bytes
+        ms.apply(0.0, MemberUpdate(f"member-{i:04d}", address, 0, ALIVE, "x", meta))
+    ms.take()
+
+
+def test_a_table_over_one_frame_reaches_a_joiner_whole_in_sealed_frames():
+    # Before the fix the seed's answer was one 2.3 MB frame that failed to seal (the
+    # runtime's pack_errors) and the joiner learnt nobody from it.
+    r = random.Random(SEED)
+    key = r.randbytes(32)
+    codecs = {
+        n: FrameCodec(Sealer("big-table", Keyring([key]), n, r.getrandbits(64))) for n in "ab"
+    }
+    a = Node("a", A_ADDR, lan(), random.Random(f"{SEED}:a"))
+    a.start(0.0)
+    _fill(a, a.config.max_members - 1)  # the joiner makes it max_members
+    b = Node("b", V_ADDR, lan(), random.Random(f"{SEED}:b"))
+    nodes = {A_ADDR: ("a", a), V_ADDR: ("b", b)}
+    frames: list[tuple[str, int]] = []
+    pending = [("b", b.start(0.0, seeds=[A_ADDR]))]
+    for _ in range(4):  # join request, the seed's table, and what follows
+        step, pending = pending, []
+        for sender, out in step:
+            for address, env in out.sends:
+                wire = codecs[sender].pack(T0, env)  # LocalError if over the frame limit
+                frames.append((sender, len(wire)))
+                name, node = nodes[address]
+                pending.append((name, node.receive(0.1, codecs[name].unpack(T0, wire))))
+    assert set(b.membership.members) == set(a.membership.members)
+    assert len(b.membership.members) == b.config.max_members
+    assert not any(b.membership.refused.values()), b.membership.refused
+    table = [size for sender, size in frames if sender == "a"]
+    assert len(table) >= 5 and max(table) <= MAX_FRAME_BYTES, table
