@@ -173,6 +173,12 @@ class StableMembership:
         elif self._missing_since is None:
             self._missing_since = now
         settled = now - self._since >= self.settle and up != self._stable
+        if settled and self._stable is None and up == {self.me}:
+            # A first stable set of us alone is a quorum of one. While others are listed
+            # up but none has answered yet (slow answers, or a flood of made-up members
+            # hiding the real ones), wait: without a stable set we have no quorum, the
+            # safe side. A node that knows nobody still adopts itself, as before.
+            settled = not any(s in (ALIVE, SUSPECT) for n, s in states.items() if n != self.me)
         # Evidence must postdate the change: a member still listed alive that has not
         # answered since may be on the far side of the partition that caused it. And a
         # member that came back (to us) after the removed ones went down was not on our

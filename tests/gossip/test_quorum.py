@@ -363,3 +363,22 @@ def test_bad_proven_members_are_refused_and_change_nothing(proven):
     # The same call with good input admits e (settle 0: at once).
     assert sm.observe(1.0, states(alive="abe"), {"b": 1.0}, proven=["e"])
     assert sm.stable == set("abe")
+
+
+def test_no_first_stable_set_of_us_alone_while_others_are_listed_up_and_silent():
+    # A node joining during a flood hears of 2,048 made-up members and of its seed b,
+    # whose answer has not come yet: adopting {a} would give it a quorum of one.
+    fakes = _made_up(6, 2048)
+    sm = StableMembership("a", settle=1.0)
+    st = states(alive=["a", "b", *fakes])
+    for t in (0.0, 1.0, 2.0, 5.0):
+        assert not sm.observe(t, st, {}), t
+        assert sm.stable is None and sm.next_deadline() < math.inf, t  # asks go on
+    assert not sm.has_quorum(st, {}, 0.0)
+    sm.observe(5.5, st, {"b": 5.4})  # b answers: {a, b} settles a settle later
+    assert sm.observe(6.5, st, {"b": 6.4}) and sm.stable == set("ab")
+    # Alone, knowing nobody up (the others died), a node still adopts itself.
+    lone = StableMembership("a", settle=1.0)
+    gone = states(alive="a", dead=["b", *fakes[:8]])
+    lone.observe(0.0, gone, {})
+    assert lone.observe(1.0, gone, {}) and lone.stable == {"a"}
