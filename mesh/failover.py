@@ -395,13 +395,20 @@ class Failover:
         """Live members to ask for quorum evidence: enough for a majority, stable ones first.
 
         At least `_ASK_ON_DEAD` (a spread of its own per node); in a larger mesh a
-        majority of the stable set plus a little slack, since only answers count.
+        majority of the stable set plus a little slack, since only answers count. Next
+        come the members at our seed addresses: a node that joins during a flood of
+        made-up members has no stable set yet, and its seed's answer is what admits the
+        first real member to it (`gossip.quorum.admitted`).
         """
-        live = [n for n in self.mesh.node.membership.live_members() if n != self.me]
+        membership = self.mesh.node.membership
+        live = [n for n in membership.live_members() if n != self.me]
         stable = self.state.membership.stable or frozenset()
+        seeds = set(self.mesh.config.seeds)
         want = max(_ASK_ON_DEAD, len(stable) // 2 + 2)
         ranked = rank(self.me, live)
-        return sorted(ranked, key=lambda n: n not in stable)[:want]
+        return sorted(
+            ranked, key=lambda n: (n not in stable, membership.address_of(n) not in seeds)
+        )[:want]
 
     def _ask(self, now: float) -> None:
         """Send the evidence requests; their answers reach `on_envelope`, no task waits."""

@@ -340,3 +340,39 @@ async def test_ownership_syncs_are_queued_deduplicated_newest_first_and_bounded(
         assert a.stats["sync_dropped"] == 10
         f._sync_queue.clear()
         assert a.status()["sync"]["dropped"] == 10
+
+
+async def test_a_node_joining_during_a_keyed_flood_admits_its_seed_and_no_made_up_member(
+    tmp_path,
+):
+    # A key holder floods v with 2,048 made-up alive members; w then joins through v. w
+    # learns of v together with the 2,048, and its ownership exchange with v is pushed out
+    # of the sync queue by theirs: before asks went to seeds first, w adopted a stable set
+    # of itself alone (a quorum of one). Only members that answered are admitted.
+    import os
+
+    from gossip.keyring import Keyring
+    from gossip.messages import MembershipSync, MemberUpdate
+    from tests.mesh.test_hostile_peers import Vandal
+
+    key = Keyring([os.urandom(32)])
+    async with open_mesh(config(tmp_path, "v", key=key)) as v:
+        ms = v.node.membership
+        cap = ms.config.max_new_members
+        vandal = Vandal(key, v.address)
+        try:
+            flood = tuple(
+                MemberUpdate(f"f{i:x}", "127.0.0.1:9", 0, "alive", "x") for i in range(cap)
+            )
+            vandal.send(MembershipSync(flood, True))
+            await wait_until("flood joined", lambda: len(ms.members) == 1 + cap)
+        finally:
+            vandal.close()
+        async with open_mesh(config(tmp_path, "w", seeds=[v.address], seed=1, key=key)) as w:
+            both = {"v", "w"}
+            for m in (v, w):
+                stable = m.failover.state.membership
+                await wait_until(f"{m.node_id} settled", lambda s=stable: s.stable == both)
+            # The made-up members are still alive to both (nobody has probed most yet).
+            fakes = [n for n in w.node.membership.live_members() if n.startswith("f")]
+            assert len(fakes) > cap // 2
