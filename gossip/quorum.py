@@ -25,36 +25,40 @@ side that holds the majority the runtime asks live members as soon as it declare
 death, so a real failure costs one round trip. Suspects never count.
 
 The stable membership. `StableMembership` follows the set of members that are up (alive
-or suspect, this node included) *and admitted*, and adopts it as the stable set once it
-has held, unchanged, for `settle` seconds, and only if this side has a quorum of the
-stable set it replaces (answers to requests sent since the change). A member is admitted
-once it has answered a request this node sent (a `RoundTrips` exchange, or a probe it
-acknowledged itself): it exists and talks to us. Gossip saying it is alive is not enough:
-a peer holding the cluster key can announce 2,048 made-up members in one frame, which
-stay alive until each is probed; counted in the stable set, they made a quorum that
-only they could complete, so a real death waited until they were reaped (and, as they
-never answered, the stable set could not shrink under quorum to drop them). Members
-already in the stable set (restored from disk or adopted) stay until they leave or the
-set shrinks without them, as before. That second condition is what makes the rule
-hold over time: the minority side of a partition sees the majority go dead, but it never
-reaches quorum, so it never shrinks its stable set to itself and never gains the right
-to take over; the majority side does, so a 3-node mesh that lost one node can lose
-another later (2 of 3, then 1 of 2 with the tie rule) and keep failing over. A member
-that *left* gracefully is removed at once without quorum: it announced it will not act
-again, and removing a member of one's own side never creates a majority (k-1 of n-1 is a
-majority only if k of n already was).
+or suspect, this node included) and *admitted* (below), and adopts it as the stable set
+once it has held, unchanged, for `settle` seconds, and only if this side has a quorum of
+the stable set it replaces (answers to requests sent since the change). That second
+condition is what makes the rule hold over time: the minority side of a partition sees
+the majority go dead, but it never reaches quorum, so it never shrinks its stable set to
+itself and never gains the right to take over; the majority side does, so a 3-node mesh
+that lost one node can lose another later (2 of 3, then 1 of 2 with the tie rule) and
+keep failing over. A member that *left* gracefully is removed at once without quorum: it
+announced it will not act again, and removing a member of one's own side never creates a
+majority (k-1 of n-1 is a majority only if k of n already was).
 
-Limits, honestly: until the first adoption (`settle` seconds after start) a node has no
-stable set and has no quorum; a node that starts fresh inside a minority partition,
-knowing nobody, adopts that minority as its stable set; so does one whose members have
-not answered it within `settle` (they join the set once they do: SWIM probes every live
-member once per round, and the runtime exchanges the ownership table with each member
-that joins). A made-up member whose address a key holder answers from is admitted like
-a real one: admission proves a peer talks to us, not that it is honest. Persist `stable` (the runtime can
-store it next to its data) and pass it back on restart to close that gap. Quorum here is
-a local decision from gossiped membership, not consensus: with partitions that change
-faster than `settle`, two sides can still both act, and the epochs in the ownership
-table are what finally leave one owner.
+Admission (`admitted`, the one place that defines it). A member enters the stable set
+only once it has answered a request this node sent (a `RoundTrips` exchange, or a probe
+it acknowledged itself): it exists and talks to us. Gossip saying it is alive is not
+enough: a peer holding the cluster key can announce 2,048 made-up members in one frame,
+which stay alive until each is probed; counted in the stable set, they made a quorum
+that only they could complete, so a real death waited for answers that never came (and
+since the set shrinks only under quorum, it could not drop them either). Members already
+in the stable set (restored from disk or adopted) stay until they leave or the set
+shrinks without them. A first stable set of this node alone is not adopted while other
+members are listed up and none has answered yet: it would be a quorum of one.
+
+Limits, honestly: until the first adoption (`settle` seconds after the first answers) a
+node has no stable set and has no quorum; a node that starts fresh inside a minority
+partition, knowing nobody, adopts that minority as its stable set. Members that answer
+late join the set a `settle` after they do (SWIM probes every live member once per
+round, and the runtime exchanges the ownership table with each member that joins and
+asks its seeds first). A made-up member whose address a key holder answers from is
+admitted like a real one: admission proves that a peer talks to us, not that it is
+honest. Persist `stable` (the runtime can store it next to its data) and pass it back on
+restart to close the first gap. Quorum here is a local decision from gossiped
+membership, not consensus: with partitions that change faster than `settle`, two sides
+can still both act, and the epochs in the ownership table are what finally leave one
+owner.
 
 Pure: time is passed in, nothing here reads a clock or does I/O.
 """
