@@ -2,11 +2,11 @@
 
 Each simulated node runs a `FailoverState` every 50 ms of virtual time, fed from its own
 `Membership` records, its replica of the ownership document, the durable vectors its
-`Replicator` heard and the answers to its own requests (as `mesh.failover` does: on a
-death, and while a decision asks for evidence, a targeted exchange of the ownership
-table with live members, matched by `RoundTrips`); due claims are written into its
-ownership document and spread like any update. Everything is seeded; bounds are in
-virtual time only.
+`Replicator` heard and the answers to its own requests (as `mesh.failover` does: with
+each member that joins or comes back, on a death, and while a decision asks for
+evidence, a targeted exchange of the ownership table, matched by `RoundTrips`); due
+claims are written into its ownership document and spread like any update. A node
+decides only once started. Everything is seeded; bounds are in virtual time only.
 """
 
 from __future__ import annotations
