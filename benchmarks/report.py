@@ -110,7 +110,8 @@ GOALS: tuple[Goal, ...] = (
     Goal("throughput", "replicated commits/s (replicas=1)", "levels.replicas=1.ops_per_s", ">=",
          0.25, baseline="raw_write_ops_per_s", baseline_label="raw pycrdt writes/s",
          ratio="ratio_replicated_vs_raw", on_ratio=True, goal_text="ratio >= 0.25",
-         context="{peers} peers, {processes} process(es)"),
+         context="{peers} peers, {processes} process(es); bare local commit in trio "
+                 "(ceiling) {ceiling_local_commit_ops_per_s}/s, ratio {ratio_ceiling_vs_raw}"),
     Goal("convergence", "gossip rounds for a burst to reach every peer", "rounds", "<=",
          target_key="rounds_goal", goal_text="<= 2 log2(peers)",
          context="{peers} peers, {converge_ms} ms; full-state push {baseline_converge_ms} ms"),
