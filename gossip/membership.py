@@ -42,7 +42,10 @@ carries at most one full membership table to any address (in parts that each fit
 frame, `table_parts`). Whatever a cap drops is
 counted in `refused`, by reason; nothing else changes. A request for document data from
 a sender that is not a live member is refused by the node (`gossip.node`), counted here
-(`non_member`), and answered with an invitation to join (`refuse_non_member`).
+(`non_member`), and answered with an invitation to join (`refuse_non_member`). Made-up
+members never talk to us: a member is *first-hand* (`is_first_hand`) once a frame of its
+own reached us while it is alive at its address, and replication puts one such member in
+every rumour push, so a flood cannot dilute the fan-out.
 
 Three choices beyond memberlist, each found necessary in the simulator (a live member
 declared dead after a partition heals, or under 10 % loss):
@@ -286,6 +289,9 @@ class Membership:
         self._new_budget = config.max_new_members  # new members the current envelope may add
         self._synced: set[str] = set()  # addresses sent our whole table in this batch
         self._invited: set[str] = set()  # addresses asked to (re)join in this batch
+        # Alive members a frame reached us from directly since they last became alive at
+        # their address: known to exist, unlike what gossip alone says (`is_first_hand`).
+        self._first_hand: set[str] = set()
         # What the caps dropped, by reason; only ever increases (exported as metrics).
         self.refused: dict[str, int] = dict.fromkeys(REFUSED_REASONS, 0)
 
@@ -308,6 +314,17 @@ class Membership:
     def is_live(self, node: str) -> bool:
         """Whether `node` is a member (not us) alive or suspect now; O(1)."""
         return node in self._live.pos
+
+    def is_first_hand(self, node: str) -> bool:
+        """Whether `node` is alive and a frame from it reached us since it became so; O(1)."""
+        return node in self._first_hand
+
+    def heard_from(self, node: str, address: str) -> None:
+        """A frame sent by `node` from `address` reached us: note it first-hand if it is alive there."""
+        if node not in self._first_hand:
+            m = self.members.get(node)
+            if m is not None and m.state == ALIVE and m.address == address and node != self.node_id:
+                self._first_hand.add(node)
 
     def state_of(self, node: str) -> str | None:
         """The state we hold for `node`, or None if unknown (or reaped)."""
@@ -838,6 +855,7 @@ class Membership:
 
     def _forget(self, node: str) -> None:
         m = self.members.pop(node)
+        self._first_hand.discard(node)
         self._down.discard(node)
         self._broadcasts.pop(node, None)
         self._events.append(MemberReaped(node, m.state))
@@ -848,6 +866,8 @@ class Membership:
         _check_address(upd.address)
         previous = m.state
         changed = upd.address != m.address or upd.meta != m.meta
+        if upd.address != m.address:
+            self._first_hand.discard(m.node)  # heard at the old address: not there yet
         m.incarnation = upd.incarnation
         m.address = upd.address
         m.meta = upd.meta
@@ -868,6 +888,7 @@ class Membership:
 
     def _suspect(self, now: float, m: Member, incarnation: int, origin: str) -> None:
         m.state = SUSPECT
+        self._first_hand.discard(m.node)  # it must be heard again once it refutes
         m.incarnation = incarnation
         m.since = now
         m.origin = origin
@@ -904,6 +925,7 @@ class Membership:
 
     def _set_down(self, now: float, m: Member, state: str, incarnation: int, origin: str) -> None:
         m.state = state
+        self._first_hand.discard(m.node)
         m.incarnation = incarnation
         m.since = now
         m.origin = origin

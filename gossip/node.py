@@ -90,7 +90,12 @@ class Node:
             from gossip.replication import Replicator
 
             replicator = Replicator(
-                node_id, replica, rng, replication, is_member=self.membership.is_live
+                node_id,
+                replica,
+                rng,
+                replication,
+                is_member=self.membership.is_live,
+                first_hand=self.membership.is_first_hand,
             )
         self.replicator = replicator
         self._next_gossip = math.inf
@@ -139,6 +144,7 @@ class Node:
         for msg in env.messages:
             if isinstance(msg, _MEMBERSHIP_TYPES):
                 m.handle(now, env.sender_address, msg)
+        m.heard_from(env.sender, env.sender_address)
         for msg in env.messages:
             if isinstance(msg, _MEMBERSHIP_TYPES):
                 continue

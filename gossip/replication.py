@@ -3,7 +3,8 @@
 `Replicator` spreads document updates between peers in two complementary ways:
 
 * **Rumour mongering.** A fresh update (written here, or received for the first time) is
-  pushed at once to `fanout` random peers and pushed again on each of the next few ticks,
+  pushed at once to `fanout` random peers (one of them heard from first-hand when the draw
+  has none, so made-up members cannot dilute it) and pushed again on each of the next few ticks,
   about `retransmit_mult * log10(N + 1)` rounds in all. Updates are recognised by a hash of
   (doc_id, update) kept in a bounded cache, so duplicates are neither applied nor forwarded.
   Duplicates are what rumours cost, so each rumour remembers which peers are known to
@@ -295,8 +296,13 @@ class Replicator:
         config: ReplicationConfig | None = None,
         *,
         is_member: Callable[[str], bool] | None = None,
+        first_hand: Callable[[str], bool] | None = None,
     ) -> None:
-        """`is_member(node)`: whether `node` is alive or suspect (None: any sender counts)."""
+        """`is_member(node)`: whether `node` is alive or suspect (None: any sender counts).
+
+        `first_hand(node)`: whether a frame from `node` reached us directly (None: no
+        preference); each push of a rumour includes such a peer when there is one.
+        """
         if not isinstance(node_id, str) or not node_id:
             raise LocalError(f"node id must be a non-empty string, not {node_id!r}")
         if not isinstance(rng, random.Random):
@@ -321,6 +327,7 @@ class Replicator:
         self._ack_out: dict[str, dict[str, bytes]] = {}
         self._peer_durable: dict[str, dict[str, bytes]] = {}
         self._is_member = is_member
+        self._first_hand = first_hand
         # (node, doc) of the kept vectors of documents not held here when they came.
         self._unknown_durable: dict[tuple[str, str], None] = {}
         self._unknown_scanned = -1  # documents held at the last scan of that table
@@ -435,7 +442,7 @@ class Replicator:
                         self._drop_rumour(key)
                         continue
                     k = fanout * RETRANSMIT_SPREAD
-                    targets = pool if len(pool) <= k else self._rng.sample(pool, k)
+                    targets = self._sample(pool, k)
                     self._push(sends, rumour, targets)
                 if rumour.rounds_left <= 0:
                     self._drop_rumour(key)
@@ -609,10 +616,28 @@ class Replicator:
 
     def _pick(self, k: int, exclude: Iterable[str]) -> list[str]:
         excluded = set(exclude)
-        pool = [p for p in self._peers if p not in excluded]
+        return self._sample([p for p in self._peers if p not in excluded], k)
+
+    def _sample(self, pool: list[str], k: int) -> list[str]:
+        """Up to k peers of `pool`, uniformly, but one heard from first-hand if any is there.
+
+        Made-up members that a keyed peer announces never talk to us; drawn uniformly they
+        took nearly every slot after a flood of 2,048 (a replicated commit waited seconds
+        for its rumour to find the one real peer). A uniform draw without a first-hand
+        peer trades its last slot for one; otherwise it is kept, so in a mesh where every
+        member has talked to us the draw is exactly the uniform one, and members not yet
+        heard from (newcomers) keep the other slots, and anti-entropy, as before.
+        """
         if len(pool) <= k:
             return pool
-        return self._rng.sample(pool, k)
+        chosen = self._rng.sample(pool, k)
+        first_hand = self._first_hand
+        if first_hand is None or k < 1 or any(first_hand(p) for p in chosen):
+            return chosen
+        known = [p for p in pool if first_hand(p)]
+        if known:
+            chosen[-1] = self._rng.choice(known)
+        return chosen
 
     def _remember(self, doc_id: str, update: bytes) -> bytes:
         key = _update_key(doc_id, update)

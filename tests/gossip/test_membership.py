@@ -700,3 +700,35 @@ def test_a_sync_request_is_answered_with_every_part_once():
     assert len(parts) == len(m.table_parts(reply=False)) > 1
     assert sum(len(p.members) for p in parts) == len(m.members)
     assert not any(p.reply for p in parts) and m.refused["sync_replies"] == 1
+
+
+# --- members heard from first-hand ----------------------------------------------------------
+
+
+def test_a_member_is_first_hand_once_a_frame_of_its_own_reached_us_while_alive():
+    m = make("a", "bc")
+    assert not m.is_first_hand("b")  # known from configuration or gossip only
+    m.heard_from("b", "127.0.0.66:1")  # not where we know it
+    m.heard_from("zz", addr("zz"))  # not a member
+    m.heard_from("a", addr("a"))  # ourselves
+    assert not any(m.is_first_hand(n) for n in ("a", "b", "zz"))
+    m.heard_from("b", addr("b"))
+    assert m.is_first_hand("b") and not m.is_first_hand("c")
+
+
+def test_first_hand_ends_with_suspicion_death_a_move_or_reaping():
+    m = make("a", "bcde")
+    for n in "bcde":
+        m.heard_from(n, addr(n))
+    m.apply(1.0, upd("b", SUSPECT, 0))
+    m.apply(1.0, MemberUpdate("c", addr("c"), 1, DEAD, "x"))
+    m.apply(1.0, MemberUpdate("d", "127.0.0.77:7001", 1, ALIVE, "d"))  # moved
+    assert [n for n in "bcde" if m.is_first_hand(n)] == ["e"]
+    m.heard_from("b", addr("b"))  # a suspect is not first-hand until it refutes
+    assert not m.is_first_hand("b")
+    m.apply(1.1, upd("b", ALIVE, 1))
+    m.heard_from("b", addr("b"))
+    m.heard_from("d", "127.0.0.77:7001")
+    assert m.is_first_hand("b") and m.is_first_hand("d")
+    run(m, 1.2, 1.2 + m.config.reap_after + 2.0, step=0.5)
+    assert m.state_of("c") is None and not m.is_first_hand("c")

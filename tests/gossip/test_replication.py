@@ -23,6 +23,7 @@ from gossip.codec import decode_envelope, encode_envelope
 from gossip.framing import MAX_FRAME_BYTES
 from gossip.replica import MemoryReplica
 from gossip.replication import (
+    RETRANSMIT_SPREAD,
     DocumentUpdated,
     ReplicaAcked,
     ReplicationConfig,
@@ -1373,3 +1374,64 @@ def test_forget_peer_frees_its_unknown_entries():
     ra.forget_peer("b")
     ra.receive(0.1, "c", m.ReplicaAck((("v", sv),)))
     assert ra.peer_durable("c", "v") == sv and ra.durable_entries == 1
+
+
+# --- made-up members do not dilute rumour fan-out ------------------------------------------
+
+FLOOD = [f"fake{i}" for i in range(2048)]
+
+
+def _flooded(seed: int, first_hand) -> Replicator:
+    """Writer `v` whose live peers are the real `w` among 2,048 made-up members."""
+    r = Replicator("v", MemoryReplica(), random.Random(seed), first_hand=first_hand)
+    r.set_peers(["w", *FLOOD])
+    return r
+
+
+def _targets(r: Replicator, key: str) -> set[str]:
+    sends = r.on_local_update(0.0, "d", write(r.replica, "d", lambda d: text(d).insert(0, key)))
+    return {dest for dest, msg in sends if isinstance(msg, m.DocUpdate)}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_push_after_a_flood_reaches_the_peer_heard_first_hand(seed):
+    r = _flooded(seed, first_hand=lambda p: p == "w")
+    others: set[str] = set()
+    for i in range(40):
+        targets = _targets(r, f"k{i}")
+        assert "w" in targets and len(targets) == r.config.fanout, (seed, i, targets)
+        others |= targets - {"w"}
+    # The other slots still go anywhere: peers not heard from yet are not starved.
+    assert len(others) > 40, (seed, len(others))
+    # Without the preference the real peer is almost never drawn (3 slots of 2,049).
+    blind = _flooded(seed, first_hand=None)
+    assert sum("w" in _targets(blind, f"k{i}") for i in range(40)) <= 2, seed
+
+
+def test_forwards_and_retransmits_include_a_first_hand_peer():
+    b = Replicator("b", MemoryReplica(), random.Random(5), first_hand=lambda p: p in ("c", "d"))
+    b.set_peers(["a", "c", "d", *FLOOD])
+    a = MemoryReplica()
+    msg = m.DocUpdate("d", write(a, "d", _hello), "a", a.state_vector("d"))
+    sends, _ = b.receive(0.0, "a", msg)
+    forwarded = {dest for dest, x in sends if isinstance(x, m.DocUpdate)}
+    assert forwarded & {"c", "d"}, forwarded
+    # The writer `a` falls silent (not alive here): b retransmits from its second tick,
+    # every round to a peer it knows first-hand (neither acked, so neither is a holder).
+    b.tick(0.2, ["c", "d", *FLOOD])
+    for now in (0.4, 0.6, 0.8):
+        sends = b.tick(now, ["c", "d", *FLOOD])
+        pushed = {dest for dest, x in sends if isinstance(x, m.DocUpdate)}
+        assert len(pushed) == RETRANSMIT_SPREAD * b.config.fanout, (now, pushed)
+        assert pushed & {"c", "d"}, (now, pushed)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_when_every_peer_is_first_hand_the_draw_is_the_uniform_one(seed):
+    peers = [f"p{i}" for i in range(50)]
+    draws = []
+    for first_hand in (None, lambda p: True):
+        r = Replicator("v", MemoryReplica(), random.Random(seed), first_hand=first_hand)
+        r.set_peers(peers)
+        draws.append([sorted(_targets(r, f"k{i}")) for i in range(20)])
+    assert draws[0] == draws[1], seed
