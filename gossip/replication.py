@@ -25,7 +25,8 @@
   duplicate is answered with a replica ack, so its sender stops pushing it to us. A pure delete does not advance the
   state vector, so for a delete-only update only direct evidence (the peer sent it to
   us) counts as holding it.
-* **Anti-entropy (push-pull).** Every `anti_entropy_interval` one random peer gets a
+* **Anti-entropy (push-pull).** Every `anti_entropy_interval` one random peer (every
+  other round drawn again among first-hand peers if the draw is not one) gets a
   `Digest`: the root of a hash tree (`gossip.digest`) over every document's *fingerprint*.
   Equal roots end the exchange, so an idle round costs O(1) bytes whatever the number of
   documents. Otherwise the peer answers with its bucket hashes, we send `DocVectors`
@@ -332,6 +333,7 @@ class Replicator:
         self._unknown_durable: dict[tuple[str, str], None] = {}
         self._unknown_scanned = -1  # documents held at the last scan of that table
         self._next_anti_entropy: float | None = None
+        self._ae_rounds = 0  # exchanges started, to alternate how the partner is drawn
         self._outbox: dict[str, deque[tuple[object, int]]] = {}
         self._outbox_bytes = 0
         self._budget_now: float | None = None
@@ -449,7 +451,13 @@ class Replicator:
         self._resync(now, sends)
         if self._peers and (self._next_anti_entropy is None or now >= self._next_anti_entropy):
             self._next_anti_entropy = now + self.config.anti_entropy_interval
+            # Every other round drawn like a rumour's targets: after a flood of made-up
+            # members a uniform draw alone almost never picks a real peer, and nothing is
+            # healed; the uniform rounds keep mixing a large mesh still meeting its members.
+            self._ae_rounds += 1
             peer = self._rng.choice(self._peers)
+            if self._ae_rounds % 2 == 0:
+                (peer,) = self._first_hand_in([peer], self._peers)
             session = self._new_session(now, peer)
             sends.append((peer, Digest(session, self.root, len(self._tree))))
             self.stats.digests_sent += 1
@@ -630,9 +638,12 @@ class Replicator:
         """
         if len(pool) <= k:
             return pool
-        chosen = self._rng.sample(pool, k)
+        return self._first_hand_in(self._rng.sample(pool, k), pool)
+
+    def _first_hand_in(self, chosen: list[str], pool: list[str]) -> list[str]:
+        """`chosen` (drawn from `pool`), its last slot traded for a first-hand peer if it has none."""
         first_hand = self._first_hand
-        if first_hand is None or k < 1 or any(first_hand(p) for p in chosen):
+        if first_hand is None or not chosen or any(first_hand(p) for p in chosen):
             return chosen
         known = [p for p in pool if first_hand(p)]
         if known:

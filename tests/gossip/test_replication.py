@@ -1433,5 +1433,26 @@ def test_when_every_peer_is_first_hand_the_draw_is_the_uniform_one(seed):
     for first_hand in (None, lambda p: True):
         r = Replicator("v", MemoryReplica(), random.Random(seed), first_hand=first_hand)
         r.set_peers(peers)
-        draws.append([sorted(_targets(r, f"k{i}")) for i in range(20)])
+        draw = [sorted(_targets(r, f"k{i}")) for i in range(20)]
+        for i in range(10):  # retransmits and anti-entropy partners too
+            draw.append(sorted(dest for dest, _ in r.tick(i * 0.5, peers)))
+        draws.append(draw)
     assert draws[0] == draws[1], seed
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_every_other_anti_entropy_round_after_a_flood_goes_to_a_peer_heard_first_hand(seed):
+    peers = ["w", *FLOOD]
+    partners = {}
+    for name, first_hand in (("preferred", lambda p: p == "w"), ("blind", None)):
+        r = _flooded(seed, first_hand)
+        digests = []
+        for i in range(20):
+            sends = r.tick(i * r.config.anti_entropy_interval, peers)
+            digests += [dest for dest, msg in sends if isinstance(msg, m.Digest)]
+        partners[name] = digests
+    # Every other round goes to the real peer; the rounds between stay uniform.
+    assert partners["preferred"][1::2] == ["w"] * 10, seed
+    assert partners["preferred"][0::2].count("w") <= 1, seed
+    # A uniform draw alone: nothing would be healed until the fakes are probed dead.
+    assert partners["blind"].count("w") <= 1, seed
