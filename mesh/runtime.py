@@ -78,7 +78,7 @@ from gossip.events import (
     MemberSuspected,
     MemberUpdated,
 )
-from gossip.messages import Ack, Envelope, MemberUpdate, Nack, Ping, PingReq
+from gossip.messages import Ack, Envelope, MembershipSync, MemberUpdate, Nack, Ping, PingReq
 from gossip.node import Node, Output
 from gossip.replication import ReplicaAcked
 from gossip.seal import FrameCodec, Sealer
@@ -650,8 +650,9 @@ class Mesh:
                 groups.setdefault(address, []).append(env)
         sends = []
         for address, envs in groups.items():
-            if len(envs) == 1:
-                sends.append((address, envs[0]))
+            if len(envs) == 1 or any(_holds_table_part(env) for env in envs):
+                # A part of a membership table is sized to fill a frame of its own.
+                sends.extend((address, env) for env in envs)
                 continue
             msgs: list[object] = []
             seen: set[object] = set()
@@ -946,3 +947,7 @@ async def open_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
         if leaf is None:
             raise
         raise leaf from None
+
+
+def _holds_table_part(env: Envelope) -> bool:
+    return any(isinstance(msg, MembershipSync) for msg in env.messages)

@@ -387,3 +387,25 @@ async def test_a_replicated_commit_also_replicates_the_sessions_ownership_claim(
             claim = VersionVector.from_state_vector(a.replica.state_vector("ownership"))
             held = VersionVector.from_state_vector(b.replica.durable_state_vector("ownership"))
             assert held.covers(claim)
+
+
+async def test_one_instant_outputs_share_a_frame_except_membership_table_parts(tmp_path):
+    from gossip.messages import DocVectors, Envelope, MembershipSync
+    from gossip.node import Output
+
+    async with trio_nodes(tmp_path, 1) as (mesh,):
+        sent: list[Output] = []
+        mesh._emit = sent.append  # record what would be framed and sent, send nothing
+        me = mesh.node_id
+
+        def env(*messages: object) -> Envelope:
+            return Envelope(me, mesh.address, 1, messages)
+
+        vec = DocVectors(1, (), (), False)
+        part = MembershipSync((), True)
+        mesh._emit_all([Output([("p:1", env(vec))]), Output([("p:1", env(vec))])])
+        # Two small envelopes for one address at one instant: one frame.
+        assert [(a, e.messages) for a, e in sent[-1].sends] == [("p:1", (vec, vec))]
+        mesh._emit_all([Output([("p:1", env(vec))]), Output([("p:1", env(part))])])
+        # A table part is sized to fill a frame on its own: never merged with others.
+        assert [(a, e.messages) for a, e in sent[-1].sends] == [("p:1", (vec,)), ("p:1", (part,))]
