@@ -130,6 +130,7 @@ class Bars:
     bars: Sequence[tuple[str, Sequence[float]]]
     ylabel: str
     log: bool = False
+    goal: tuple[str, float] | None = None  # (label, value): a dashed line across the panel
 
 
 def bar_plot(path: Path, panels: Sequence[Bars], *, title: str, note: str = "") -> None:
@@ -148,9 +149,12 @@ def bar_plot(path: Path, panels: Sequence[Bars], *, title: str, note: str = "") 
             ax.set_xticks(range(len(panel.groups)), panel.groups, fontsize=8)
             if panel.log:
                 ax.set_yscale("log")
+            if panel.goal is not None:
+                label, value = panel.goal
+                ax.axhline(value, color="tab:red", linestyle="--", linewidth=1, label=label)
             ax.margins(y=0.15)
             _decorate(ax, panel.title, "", panel.ylabel, "")
-            if len(panel.bars) > 1:
+            if len(panel.bars) > 1 or panel.goal is not None:
                 ax.legend(loc="best", fontsize=8)
         fig.suptitle(_wrap(title + (f"\n{note}" if note else "")), fontsize=10)
         fig.tight_layout()

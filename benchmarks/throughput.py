@@ -150,11 +150,23 @@ def run(args: argparse.Namespace) -> dict:
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     if plot is not None:
-        names = ["raw write", "raw apply", *LEVELS]
-        values = [raw_write, raw_apply, *(levels[lv]["ops_per_s"] for lv in LEVELS)]
+        names = ["raw write", "raw apply", "ceiling\n(bare local\ncommit)", *LEVELS]
+        values = [raw_write, raw_apply, ceiling, *(levels[lv]["ops_per_s"] for lv in LEVELS)]
         bar_plot(
             plot,
-            [Bars("", names, [("operations per second", values)], "ops/s (log)", log=True)],
+            [
+                Bars(
+                    "",
+                    names,
+                    [("operations per second", values)],
+                    "ops/s (log)",
+                    log=True,
+                    goal=(
+                        f"goal: replicas=1 at 0.25 x raw write = {0.25 * raw_write:,.0f}/s",
+                        0.25 * raw_write,
+                    ),
+                )
+            ],
             title=(
                 "statemesh bench throughput: 3 sealed peers on loopback, "
                 + ("one process" if args.processes == 1 else "one process each")
