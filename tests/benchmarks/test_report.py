@@ -302,12 +302,8 @@ def test_quick_run_of_the_cheap_suites_writes_table_and_plots(
     assert "[bench all] [2/2] wire" in captured.err
 
 
-def test_failover_without_netns_runs_on_loopback_and_the_table_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import mesh.hosts
-
-    seen: list[argparse.Namespace] = []
+def _fake_failover(seen: list[argparse.Namespace]) -> SimpleNamespace:
+    """A failover suite that records its arguments and reports the mode it was given."""
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--trials", type=int, default=20)
@@ -318,7 +314,16 @@ def test_failover_without_netns_runs_on_loopback_and_the_table_says_so(
         mode = "loopback" if args.loopback else "netns"
         return {**GOOD["failover"], "mode": mode, "trials": args.trials}
 
-    fake = SimpleNamespace(HELP="fake failover", add_arguments=add_arguments, run=run)
+    return SimpleNamespace(HELP="fake failover", add_arguments=add_arguments, run=run)
+
+
+def test_failover_without_netns_runs_on_loopback_and_the_table_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mesh.hosts
+
+    seen: list[argparse.Namespace] = []
+    fake = _fake_failover(seen)
     monkeypatch.setattr(mesh.hosts, "available", lambda: "not root")
     report = run_all({"failover": fake}, tmp_path, quick=True, stream=sys.stderr)
     assert seen[0].loopback and seen[0].trials == int(QUICK["failover"][1])
@@ -333,16 +338,7 @@ def test_failover_runs_on_namespace_hosts_when_mesh_hosts_says_they_work(
     import mesh.hosts
 
     seen: list[argparse.Namespace] = []
-
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--trials", type=int, default=20)
-        parser.add_argument("--loopback", action="store_true")
-
-    def run(args: argparse.Namespace) -> dict:
-        seen.append(args)
-        return {**GOOD["failover"], "mode": "netns", "trials": args.trials}
-
-    fake = SimpleNamespace(HELP="fake failover", add_arguments=add_arguments, run=run)
+    fake = _fake_failover(seen)
     # mesh.hosts.available is the one judge of whether namespace hosts can run here.
     monkeypatch.setattr(mesh.hosts, "available", lambda: None)
     report = run_all({"failover": fake}, tmp_path, quick=True, stream=sys.stderr)

@@ -641,15 +641,21 @@ def big_table(n: int = 4096, config: GossipConfig | None = None) -> Membership:
     cfg = config or lan()
     m = Membership("a", addr("a"), cfg, random.Random(SEED), meta=b"a" * cfg.max_meta_bytes)
     m.start(0.0)
+    fill_members(m, n)
+    assert len(m.members) == n and not any(m.refused.values())
+    return m
+
+
+def fill_members(m: Membership, n: int) -> None:
+    """Give `m` a table of `n` members (itself included), each with the largest metadata."""
+    cfg = m.config
     for i in range(n - 1):
         if i % cfg.max_new_members == 0:
-            m.begin_envelope()
+            m.begin_envelope()  # no more new members per envelope than the cap admits
         address = f"198.18.{i // 200}.{i % 200 + 1}:7946"
         meta = bytes([i % 256]) * cfg.max_meta_bytes
         m.apply(0.0, MemberUpdate(f"member-{i:04d}", address, 0, ALIVE, "x", meta))
     m.take()
-    assert len(m.members) == n and not any(m.refused.values())
-    return m
 
 
 def wire_size(msg: object) -> int:

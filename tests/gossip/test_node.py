@@ -370,15 +370,9 @@ def test_a_pull_routes_each_released_message_to_its_own_destination():
 
 def _fill(node: Node, n: int) -> None:
     """Give `node` a table of `n` members (itself included), each with the largest metadata."""
-    ms = node.membership
-    cfg = ms.config
-    for i in range(n - 1):
-        if i % cfg.max_new_members == 0:
-            ms.begin_envelope()
-        address = f"198.18.{i // 200}.{i % 200 + 1}:7946"
-        meta = bytes([i % 256]) * cfg.max_meta_bytes
-        ms.apply(0.0, MemberUpdate(f"member-{i:04d}", address, 0, ALIVE, "x", meta))
-    ms.take()
+    from tests.gossip.test_membership import fill_members
+
+    fill_members(node.membership, n)
 
 
 def test_a_table_over_one_frame_reaches_a_joiner_whole_in_sealed_frames():

@@ -352,22 +352,11 @@ async def test_a_node_joining_during_a_keyed_flood_admits_its_seed_and_no_made_u
     import os
 
     from gossip.keyring import Keyring
-    from gossip.messages import MembershipSync, MemberUpdate
-    from tests.mesh.test_hostile_peers import Vandal
+    from tests.mesh.test_hostile_peers import flood_members
 
     key = Keyring([os.urandom(32)])
     async with open_mesh(config(tmp_path, "v", key=key)) as v:
-        ms = v.node.membership
-        cap = ms.config.max_new_members
-        vandal = Vandal(key, v.address)
-        try:
-            flood = tuple(
-                MemberUpdate(f"f{i:x}", "127.0.0.1:9", 0, "alive", "x") for i in range(cap)
-            )
-            vandal.send(MembershipSync(flood, True))
-            await wait_until("flood joined", lambda: len(ms.members) == 1 + cap)
-        finally:
-            vandal.close()
+        cap = await flood_members(v, key, wait_until)
         async with open_mesh(config(tmp_path, "w", seeds=[v.address], seed=1, key=key)) as w:
             both = {"v", "w"}
             for m in (v, w):

@@ -227,6 +227,24 @@ class Vandal:
         self.sock.close()
 
 
+def made_up_members(n: int) -> tuple[MemberUpdate, ...]:
+    """`n` made-up alive members, every address loopback port 9 (discard: nothing listens)."""
+    return tuple(MemberUpdate(f"f{i:x}", "127.0.0.1:9", 0, "alive", "x") for i in range(n))
+
+
+async def flood_members(mesh, key: Keyring, wait_until) -> int:
+    """Fill `mesh`'s table with as many made-up alive members as one envelope may add."""
+    members = mesh.node.membership
+    cap = members.config.max_new_members
+    vandal = Vandal(key, mesh.address)
+    try:
+        vandal.send(MembershipSync(made_up_members(cap), True))
+        await wait_until("flood joined", lambda: len(members.members) == 1 + cap)
+    finally:
+        vandal.close()
+    return cap
+
+
 def _update(key: str) -> bytes:
     doc = pycrdt.Doc(client_id=4242)
     with doc.transaction():
@@ -305,7 +323,7 @@ async def test_keyed_member_flood_over_loopback_is_capped_counted_and_survived(t
         cap = ms.config.max_new_members
         vandal = Vandal(key, v.address)
         try:
-            flood = tuple(MemberUpdate(f"f{i:x}", "127.0.0.1:9", 0, "alive", "x") for i in range(n))
+            flood = made_up_members(n)
             # Its own record first: anti-entropy is served to members only.
             me = MemberUpdate("vandal", "127.0.0.1:9", 0, "alive", "vandal")
             vandal.send(
@@ -533,17 +551,7 @@ async def test_a_keyed_member_flood_costs_bounded_ownership_syncs_and_a_real_joi
         ms = v.node.membership
         failover = v.failover
         assert failover is not None
-        cap = ms.config.max_new_members
-        vandal = Vandal(key, v.address)
-        try:
-            # Every fake address is on loopback, port 9 (discard: nothing listens).
-            flood = tuple(
-                MemberUpdate(f"f{i:x}", "127.0.0.1:9", 0, "alive", "x") for i in range(cap)
-            )
-            vandal.send(MembershipSync(flood, True))
-            await wait_until("flood joined", lambda: len(ms.members) == 1 + cap)
-        finally:
-            vandal.close()
+        cap = await flood_members(v, key, wait_until)
         await wait_until("syncs started", lambda: failover.sync_running == SYNC_WORKERS)
         # Bounded: never more exchanges in flight than workers, never more peers queued
         # than the queue holds; the rest were dropped and counted.
