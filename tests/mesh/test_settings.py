@@ -493,19 +493,28 @@ def test_configure_logging_refuses_bad_arguments(restore_logging, fmt, level):
     assert logging.getLogger().handlers == before
 
 
-def test_split_brain_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_path):
-    from cli.main import build_parser
-    from mesh.config import MeshConfig
+def _policy_layers(tmp_path, field: str, in_file: str, in_env: str, on_flag: str):
+    """Settings with `field` set in a file, overridden by its env variable, then its flag.
 
-    path = _write(tmp_path, {**BASE, "split_brain": "availability"})
-    assert _resolve(config=path).split_brain == "availability"
-    env = {"STATEMESH_SPLIT_BRAIN": "majority"}
-    assert _resolve(env=env, config=path).split_brain == "majority"
+    Checks each layer wins over the one below and returns the settings the flag made.
+    """
+    from cli.main import build_parser
+
+    path = _write(tmp_path, {**BASE, field: in_file})
+    assert getattr(_resolve(config=path), field) == in_file
+    env = {"STATEMESH_" + field.upper(): in_env}
+    assert getattr(_resolve(env=env, config=path), field) == in_env
     args = build_parser().parse_args(
         ["peer", "--node", "n", "--data", str(tmp_path / "d"), "--insecure",
-         "--split-brain", "availability"]
+         "--" + field.replace("_", "-"), on_flag]
     )  # fmt: skip
-    s = _resolve(flags=vars(args), env=env, config=path)
+    return _resolve(flags=vars(args), env=env, config=path)
+
+
+def test_split_brain_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_path):
+    from mesh.config import MeshConfig
+
+    s = _policy_layers(tmp_path, "split_brain", "availability", "majority", "availability")
     assert s.split_brain == "availability"
     assert MeshConfig(**s.mesh_kwargs()).split_brain == "availability"
     with pytest.raises(LocalError, match="split-brain: must be one of majority, availability"):
@@ -513,19 +522,10 @@ def test_split_brain_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_p
 
 
 def test_unreadable_store_policy_from_file_env_and_flag_reaches_the_mesh_config(tmp_path):
-    from cli.main import build_parser
     from mesh.config import MeshConfig
 
     assert _resolve(flags=BASE).on_unreadable_store == "refill"  # the default
-    path = _write(tmp_path, {**BASE, "on_unreadable_store": "stop"})
-    assert _resolve(config=path).on_unreadable_store == "stop"
-    env = {"STATEMESH_ON_UNREADABLE_STORE": "refill"}
-    assert _resolve(env=env, config=path).on_unreadable_store == "refill"
-    args = build_parser().parse_args(
-        ["peer", "--node", "n", "--data", str(tmp_path / "d"), "--insecure",
-         "--on-unreadable-store", "stop"]
-    )  # fmt: skip
-    s = _resolve(flags=vars(args), env=env, config=path)
+    s = _policy_layers(tmp_path, "on_unreadable_store", "stop", "refill", "stop")
     assert MeshConfig(**s.mesh_kwargs()).on_unreadable_store == "stop"
     # Each bad-input class: a flag, a file key, an env variable, a MeshConfig field.
     with pytest.raises(LocalError, match="on-unreadable-store: must be one of refill, stop"):
