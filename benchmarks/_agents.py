@@ -23,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gossip.keyring import write_key_file
-from mesh.agent_process import pump
+from cli.peer import DEFAULT_PORT
+from gossip.keyring import KEY_BYTES, write_key_file
+from mesh.agent_process import events_of, pump
 
 __all__ = ["AgentCluster"]
 
-PORT = 7946
 HTTP_PORT = 8080
 
 
@@ -41,10 +41,11 @@ class AgentCluster:
         self.cluster = cluster
         self.net = net
         self.key = root / "cluster.key"
-        write_key_file(self.key, os.urandom(32))
+        write_key_file(self.key, os.urandom(KEY_BYTES))
         self.events: queue.Queue = queue.Queue()
         self.log: list[dict[str, Any]] = []
         self.peers: dict[str, Any] = {}
+        self._killed: list[Any] = []
 
     def start(self, i: int, *extra: str) -> Any:
         """Start peer p`i` (flags `extra` added) and wait (bounded) for its `ready` line."""
@@ -54,7 +55,7 @@ class AgentCluster:
         if self.net is not None:
             host = self.net.hosts[i]
             addr, http, iface, popen = (
-                f"{host.address}:{PORT}", f"{host.address}:{HTTP_PORT}", host.address, host.popen
+                f"{host.address}:{DEFAULT_PORT}", f"{host.address}:{HTTP_PORT}", host.address, host.popen
             )  # fmt: skip
         else:
             addr, http, iface, popen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1", subprocess.Popen
@@ -72,7 +73,9 @@ class AgentCluster:
 
     def kill(self, name: str) -> float:
         """SIGKILL peer `name` and forget it; returns the kill time (monotonic)."""
-        return self.peers.pop(name).kill()
+        peer = self.peers.pop(name)
+        self._killed.append(peer)  # its pipes are closed by `close`, after its last lines
+        return peer.kill()
 
     def wait(
         self, match: Callable[[dict], bool], timeout: float, what: str = "", since: int = 0
@@ -134,14 +137,10 @@ class AgentCluster:
 
     def of(self, kind: str, **match: Any) -> list[dict]:
         """Every logged event of `kind` whose fields equal `match`."""
-        return [
-            e
-            for e in self.log
-            if e["event"] == kind and all(e.get(k) == v for k, v in match.items())
-        ]
+        return events_of(self.log, kind, **match)
 
     def close(self) -> None:
         """Stop every peer (graceful, then SIGKILL); the host network is the caller's."""
-        for p in self.peers.values():
+        for p in [*self.peers.values(), *self._killed]:
             with contextlib.suppress(Exception):
                 p.stop()

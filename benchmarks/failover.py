@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks._agents import AgentCluster
@@ -135,8 +134,7 @@ def _trials(cluster: AgentCluster, trials: int, writes: int, plot: Path | None) 
             if got and got["ok"]:
                 acked.append(f"m{j}")
         mark = len(cluster.log)
-        t_kill = time.monotonic()
-        cluster.peers[owner].kill()
+        t_kill = cluster.peers[owner].kill()
         taken = cluster.wait(
             lambda e, s=session: e["event"] == "takeover" and e["session"] == s,
             20,

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from cli._parser import add_command
-from mesh.agent_process import alive_members, pump, read_events
+from mesh.agent_process import alive_members, events_of, pump, read_events
 
 MAX_PEERS = 9
 READY_TIMEOUT = 30.0
@@ -196,11 +196,7 @@ class Demo:
         return any(p.killed_at is not None for p in self.peers.values())
 
     def of(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.log
-            if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())
-        ]
+        return events_of(self.log, kind, **match)
 
     # --- the run --------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from gossip.events import MemberAlive, MemberDead, MemberJoined, MemberLeft, Mem
 __all__ = [
     "MEMBER_EVENT_STATES",
     "alive_members",
+    "events_of",
     "pump",
     "read_events",
     "run",
@@ -110,6 +111,13 @@ def read_events(name: str, stdout: Iterable[bytes], events: queue.Queue) -> thre
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     return thread
+
+
+def events_of(log: Iterable[dict[str, Any]], kind: str, **match: Any) -> list[dict[str, Any]]:
+    """Every event in `log` of `kind` whose fields equal `match` (orchestrator side)."""
+    return [
+        e for e in log if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())
+    ]
 
 
 def pump(
