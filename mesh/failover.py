@@ -340,8 +340,12 @@ class Failover:
     async def _sync_worker(self) -> None:
         while not self.mesh._closed:
             if not self._sync_queue:
-                await self._sync_ready.wait()
-                self._sync_ready = trio.Event()
+                ready = self._sync_ready
+                await ready.wait()
+                if self._sync_ready is ready:
+                    # Only the first worker woken replaces it: a later one replacing the
+                    # event another worker already waits on again would strand that worker.
+                    self._sync_ready = trio.Event()
                 continue
             peer, _ = self._sync_queue.popitem()  # the newest: a real join after a flood
             self.sync_running += 1
