@@ -69,6 +69,9 @@ JOIN_GRACE = 3.0  # a node that expects peers but finds none for this long serve
 # A document we hold nothing of, advertised by a peer that has not sent it by then, no
 # longer counts as behind (about 20 anti-entropy rounds: a real one has arrived).
 UNSERVED_AFTER = 10.0
+# A state vector naming no client, as the replica reports a document it holds nothing of
+# (gossip.replica.EMPTY_STATE_VECTOR; not imported, as that module loads pycrdt).
+_EMPTY_STATE_VECTOR = b"\x00"
 
 
 def _positive(value: object, what: str) -> float:
@@ -201,14 +204,6 @@ def covers(ours: bytes, theirs: bytes) -> bool:
     return all(mine.get(client, 0) >= clock for client, clock in other.items())
 
 
-def _empty(sv: bytes) -> bool:
-    """Whether state vector `sv` names no client (we hold nothing of the document)."""
-    try:
-        return not decode_state_vector(sv)
-    except (InvalidValue, TypeError):
-        return False
-
-
 class CatchUp:
     """How long this node has been behind what each peer advertised, document by document."""
 
@@ -262,7 +257,7 @@ class CatchUp:
                     cache[key] = (theirs, mine, covered)
                 if covered:
                     continue
-                if _empty(mine):
+                if mine == _EMPTY_STATE_VECTOR:  # we hold nothing of the document
                     since = unheld.setdefault(key, now)
                     if now - since >= self.unserved_after:
                         unserved += 1
@@ -273,9 +268,7 @@ class CatchUp:
         if len(cache) > len(seen):
             for key in [k for k in cache if k not in seen]:
                 del cache[key]  # peers reaped or documents gone: keep the cache bounded
-        if unheld:
-            for key in [k for k in unheld if k not in seen]:
-                del unheld[key]  # bounded like the cache
+                unheld.pop(key, None)  # every key of `unheld` is one of the cache's
         self.unserved = unserved
         for peer in list(self.behind_since):
             if peer not in behind:

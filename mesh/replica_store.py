@@ -152,7 +152,7 @@ class DurableReplica:
         changes = self._changes
         while changes:
             change = changes.popleft()
-            if change.local and changes and _continues(changes[0], change.doc_id):
+            if change.local:
                 change = _coalesce(change, changes)
             out.append((change, self.store.submit(change.doc_id, change.update)))
         return out
@@ -324,4 +324,6 @@ def _coalesce(first: Change, changes: deque[Change]) -> Change:
         update = changes.popleft().update
         run.append(update)
         size += len(update)
+    if len(run) == 1:
+        return first
     return Change(first.doc_id, pycrdt.merge_updates(*run), True)

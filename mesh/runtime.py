@@ -650,12 +650,12 @@ class Mesh:
                 groups.setdefault(address, []).append(env)
         sends = []
         for address, envs in groups.items():
-            if len(envs) == 1 or any(_holds_table_part(env) for env in envs):
-                # A part of a membership table is sized to fill a frame of its own.
-                sends.extend((address, env) for env in envs)
+            if len(envs) == 1:
+                sends.append((address, envs[0]))
                 continue
             msgs: list[object] = []
             seen: set[object] = set()
+            table_part = False
             for env in envs:
                 for msg in env.messages:
                     if isinstance(msg, MemberUpdate):
@@ -663,7 +663,13 @@ class Mesh:
                         if msg in seen:
                             continue
                         seen.add(msg)
+                    elif isinstance(msg, MembershipSync):
+                        table_part = True
                     msgs.append(msg)
+            if table_part:
+                # A part of a membership table is sized to fill a frame of its own.
+                sends.extend((address, env) for env in envs)
+                continue
             last = envs[-1]
             sends.append(
                 (address, Envelope(last.sender, last.sender_address, last.incarnation, tuple(msgs)))
@@ -947,7 +953,3 @@ async def open_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
         if leaf is None:
             raise
         raise leaf from None
-
-
-def _holds_table_part(env: Envelope) -> bool:
-    return any(isinstance(msg, MembershipSync) for msg in env.messages)
