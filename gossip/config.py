@@ -43,11 +43,12 @@ import math
 from dataclasses import dataclass, replace
 
 from crdt_types.errors import LocalError
+from gossip.codec import MAX_STR_BYTES
 from gossip.framing import MAX_FRAME_BYTES
 
 # A member record without its metadata: three strings of at most 4 KiB of UTF-8 each (the
 # codec's bound) and a few small fields.
-MAX_RECORD_BYTES = 3 * (4096 + 5) + 64
+MAX_RECORD_BYTES = 3 * (MAX_STR_BYTES + 5) + 64
 # A table part plus its envelope, sealing and length prefix must fit one frame.
 MAX_SYNC_BYTES = MAX_FRAME_BYTES - 64 * 1024
 

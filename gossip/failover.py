@@ -443,16 +443,32 @@ def quorum_ok(view: FailoverView, since: float, owner: str | None = None) -> boo
     return has_quorum(view.stable, visible(view.me, states, answered, since, up_since))
 
 
-def _eligible(view: FailoverView, owner: str) -> list[str]:
-    # Alive, not suspect: a suspect may be on the other side of a partition. Admitted (in
-    # the stable set, or answered us): a member only gossip speaks of may be made up, and
-    # ranked first it would hold the real successor's slot back for nothing.
-    ok = _admitted(view)
-    return [
-        n
-        for n, m in view.members.items()
-        if n != owner and m.state == ALIVE and m.ready and n in ok
-    ]
+class _Eligible:
+    """The members that may succeed each owner in one view; `eligible(owner)`.
+
+    Alive, not suspect: a suspect may be on the other side of a partition. Admitted (in
+    the stable set, or answered us): a member only gossip speaks of may be made up, and
+    ranked first it would hold the real successor's slot back for nothing. Admission is
+    worked out once per view, not once per owner (a step plans for every owner).
+    """
+
+    def __init__(self, view: FailoverView) -> None:
+        self._view = view
+        self._base: list[str] | None = None
+        self._by_owner: dict[str, list[str]] = {}
+
+    def __call__(self, owner: str) -> list[str]:
+        got = self._by_owner.get(owner)
+        if got is None:
+            if self._base is None:
+                ok = _admitted(self._view)
+                self._base = [
+                    n
+                    for n, m in self._view.members.items()
+                    if m.state == ALIVE and m.ready and n in ok
+                ]
+            got = self._by_owner[owner] = [n for n in self._base if n != owner]
+        return got
 
 
 def _admitted(view: FailoverView) -> frozenset[str]:
@@ -546,7 +562,7 @@ def plan_takeovers(now: float, view: FailoverView, ranker: Ranker | None = None)
     plans: list[Takeover] = []
     quorum: dict[tuple[float, str], bool] = {}
     vectors = _Vectors(view)
-    eligible: dict[str, list[str]] = {}
+    eligible = _Eligible(view)
     for claim in view.claims:
         owner = view.members.get(claim.owner)
         if claim.owner == view.me or owner is None:
@@ -578,9 +594,7 @@ def plan_takeovers(now: float, view: FailoverView, ranker: Ranker | None = None)
         if not quorum[key]:
             plans.append(hold("no_quorum", math.inf))
             continue
-        if claim.owner not in eligible:
-            eligible[claim.owner] = _eligible(view, claim.owner)
-        plans.append(_plan_one(now, view, vectors, eligible[claim.owner], claim, since, ranker))
+        plans.append(_plan_one(now, view, vectors, eligible(claim.owner), claim, since, ranker))
     return plans
 
 
@@ -598,7 +612,7 @@ def plan_handoff(owner: str, view: FailoverView, ranker: Ranker | None = None) -
     ranker = Ranker() if ranker is None else ranker
     plans: list[Takeover] = []
     vectors = _Vectors(view)
-    eligible = _eligible(view, owner)
+    eligible = _Eligible(view)(owner)
     for claim in view.claims:
         if claim.owner != owner:
             continue
@@ -627,16 +641,14 @@ def standbys(view: FailoverView, ranker: Ranker | None = None) -> dict[str, tupl
     """For each workload whose owner is up: (owner, the member that would succeed it)."""
     ranker = Ranker() if ranker is None else ranker
     out: dict[str, tuple[str, str | None]] = {}
-    eligible: dict[str, list[str]] = {}
+    eligible = _Eligible(view)
     for claim in view.claims:
         owner = view.members.get(claim.owner)
         if owner is None or owner.state not in (ALIVE, SUSPECT):
             continue
-        if claim.owner not in eligible:
-            eligible[claim.owner] = _eligible(view, claim.owner)
         out[claim.workload] = (
             claim.owner,
-            ranker.standby(claim.workload, claim.owner, eligible[claim.owner]),
+            ranker.standby(claim.workload, claim.owner, eligible(claim.owner)),
         )
     return out
 
@@ -751,8 +763,7 @@ class FailoverState:
         self._stable_from = -math.inf if self.membership.stable is not None else math.inf
         # When each workload's current winning claim first appeared here (-inf: it was
         # there at our first step, e.g. read from disk on a restart).
-        self._claim_seen: dict[str, float] = {}
-        self._stepped = False
+        self._claim_seen: dict[str, float] | None = None  # None until the first step
 
     @property
     def owned(self) -> dict[str, int]:
@@ -892,9 +903,8 @@ class FailoverState:
         it claimed a third epoch (tests/mesh/test_failover_netns.py). A claim that
         arrives after a verdict but was made before a real death costs that wait once.
         """
-        seen = self._claim_seen
-        first = not self._stepped
-        self._stepped = True
+        first = self._claim_seen is None
+        seen = self._claim_seen or {}
         current = {}
         for c in view.claims:
             prev = self._claims.get(c.workload)

@@ -617,11 +617,7 @@ class Membership:
             if msg.target == self.node_id:
                 self._outbox.append((sender_address, Ack(msg.seq)))
         elif isinstance(msg, Ack):
-            p = self._probe
-            target = self.members.get(p.target) if p is not None and p.seq == msg.seq else None
-            if target is not None and target.address == sender_address:
-                target.acked = now  # from the target, not relayed by a helper
-            self._on_ack(msg.seq)
+            self._on_ack(now, sender_address, msg.seq)
         elif isinstance(msg, PingReq):
             self._on_ping_req(now, sender_address, msg)
         elif isinstance(msg, Nack):
@@ -633,9 +629,12 @@ class Membership:
         else:
             raise LocalError(f"not a membership message: {type(msg).__name__}")
 
-    def _on_ack(self, seq: int) -> None:
+    def _on_ack(self, now: float, sender_address: str, seq: int) -> None:
         p = self._probe
         if p is not None and p.seq == seq:
+            target = self.members.get(p.target)
+            if target is not None and target.address == sender_address:
+                target.acked = now  # from the target, not relayed by a helper
             if not p.acked:
                 p.acked = True
                 self._adjust_awareness(-1)

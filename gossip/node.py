@@ -240,21 +240,18 @@ class Node:
         for address, msgs in batches.items():
             if address == self.address:
                 continue
-            full_sync = any(type(x) is MembershipSync for x in msgs)
-            if full_sync:
+            parts = [x for x in msgs if type(x) is MembershipSync]
+            if parts:
                 # Each part of a table in an envelope of its own, first: a part and the
                 # replicator's send budget would not fit one frame together, and the
                 # members it introduces are known when the rest arrives.
-                for x in msgs:
-                    if type(x) is MembershipSync:
-                        out.append(
-                            (address, Envelope(self.node_id, me.address, me.incarnation, (x,)))
-                        )
+                for x in parts:
+                    out.append((address, Envelope(self.node_id, me.address, me.incarnation, (x,))))
                 msgs = [x for x in msgs if type(x) is not MembershipSync]
             accusation = m.accusation_for(address)
             if accusation is not None and accusation not in msgs:
                 msgs.append(accusation)
-            if not full_sync:  # a table already carries every member: no piggyback needed
+            if not parts:  # a table already carries every member: no piggyback needed
                 rumours = sum(type(x) is MemberUpdate for x in msgs)
                 msgs.extend(m.piggyback(limit - rumours))
             if msgs:

@@ -257,7 +257,6 @@ def admitted(
     known = set(proven)
     if stable is not None:
         known.update(stable)
-    known.add(me)
     return frozenset(
         n for n, s in states.items() if s in (ALIVE, SUSPECT) and (n in known or n in answered)
     ) | {me}

@@ -779,7 +779,8 @@ class Replicator:
             # The writer pushed it to every peer we know of: a copy from us would be a
             # duplicate. Those peers are owed our durable vector all the same (acks
             # of duplicates were how they learnt it, and failover ranks by it).
-            owed = (sender, *self._peers)
+            # The writer last: `_want_ack` keeps the newest `max_ack_targets` targets.
+            owed = (*(p for p in self._peers if p != sender), sender)
         else:
             self._push(sends, rumour, self._pick(self.config.fanout, rumour.holders))
         self._add_rumour(key, rumour)
