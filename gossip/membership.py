@@ -42,10 +42,13 @@ carries at most one full membership table to any address (in parts that each fit
 frame, `table_parts`). Whatever a cap drops is
 counted in `refused`, by reason; nothing else changes. A request for document data from
 a sender that is not a live member is refused by the node (`gossip.node`), counted here
-(`non_member`), and answered with an invitation to join (`refuse_non_member`). Made-up
-members never talk to us: a member is *first-hand* (`is_first_hand`) once a frame of its
-own reached us while it is alive at its address, and replication puts one such member in
-every rumour push, so a flood cannot dilute the fan-out.
+(`non_member`), and answered with an invitation to join (`refuse_non_member`). Members
+that a peer merely announces do not talk to us: a member is *first-hand* (`is_first_hand`)
+once a frame naming it as sender, from the address we hold for it, reached us while it is
+alive, and replication puts one such member in every rumour push, so a flood of
+announced members cannot dilute the fan-out. The sender and its address are what the
+frame says: a peer holding the cluster key can make a made-up member first-hand by
+sending frames in its name (the key is the trust boundary).
 
 Three choices beyond memberlist, each found necessary in the simulator (a live member
 declared dead after a partition heals, or under 10 % loss):

@@ -2,7 +2,7 @@
 
 `Metrics` owns its own `CollectorRegistry` (never the process-global one) because several
 nodes may live in one process (tests, the simulator-backed demo, an embedding program that
-runs two meshes). The runtime calls methods named for what happened (`frame_sent`,
+runs two meshes). The runtime calls methods named for what happened (`envelope_sent`,
 `frame_rejected`, `committed`, `took_over`, ...) and never touches a prometheus object, so
 names, labels and buckets are decided here, once.
 
